@@ -1,0 +1,80 @@
+"""The ``stainldm`` console script: argument parsing, logging and the error policy.
+
+Every stage lives in its own module in ``pipelines/``; this file only wires subcommands to them.
+Errors: a :class:`~stainldm.errors.StainLDMError` prints ``error: <message>`` on one line and
+exits with its code (2 bad input/config, 1 failure while running); ``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+# No network at run time: albumentations checks PyPI at import, the hub would be asked for weights.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import stainldm  # noqa: E402
+from stainldm.errors import StainLDMError  # noqa: E402
+
+log = logging.getLogger("stainldm")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stainldm",
+        description="Virtual H&E staining of unstained tissue-microarray slides with a conditional "
+                    "latent diffusion model.",
+        epilog="Run 'stainldm COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"stainldm {stainldm.__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    common.add_argument("--quiet", "-q", action="store_true", help="no progress bars, warnings only")
+    common.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    from pipelines import info, make_sample
+
+    for module in (info, make_sample):
+        module.add_parser(sub, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s",
+    )
+    try:
+        return int(args.run(args) or 0)
+    except StainLDMError as exc:
+        if args.debug:
+            raise
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {_one_line(str(exc))} (rerun with --debug for the "
+              "traceback and report it)", file=sys.stderr)
+        return 1
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
