@@ -17,8 +17,8 @@ from collections.abc import Sequence
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import stainldm  # noqa: E402
-from stainldm.errors import StainLDMError  # noqa: E402
+import stainldm
+from stainldm.errors import StainLDMError
 
 log = logging.getLogger("stainldm")
 

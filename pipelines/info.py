@@ -33,7 +33,7 @@ def describe(slide: SlideReader) -> str:
         f"  channels    {slide.channels} ({', '.join(slide.channel_names)}), {np.dtype(slide.dtype).name}",
         f"  levels      {slide.level_count}",
     ]
-    for i, ((lw, lh), ds) in enumerate(zip(slide.level_dimensions, slide.level_downsamples)):
+    for i, ((lw, lh), ds) in enumerate(zip(slide.level_dimensions, slide.level_downsamples, strict=True)):
         lines.append(f"    {i}: {lw} x {lh} px, downsample {ds:.4g}")
     lines.append(f"  associated  {', '.join(slide.associated_names) or 'none'}")
     return "\n".join(lines)

@@ -67,7 +67,7 @@ def area_resize_streamed(read_rows: Callable[[int, int], np.ndarray], *, size_wh
     rows_per_band = max(1, int(band_px // fy))
     for oy in range(0, oh, rows_per_band):
         oy1 = min(oh, oy + rows_per_band)
-        y0, y1 = int(round(oy * fy)), min(h, int(round(oy1 * fy)))
+        y0, y1 = round(oy * fy), min(h, round(oy1 * fy))
         out[oy:oy1] = area_resize(read_rows(y0, max(1, y1 - y0)), (ow, oy1 - oy))
     return out
 

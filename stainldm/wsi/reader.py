@@ -164,7 +164,7 @@ class SlideReader(ABC):
         if abs(fx / ds - 1) < 1e-6 and abs(fy / ds - 1) < 1e-6 and x / ds == int(x / ds) and y / ds == int(y / ds):
             return self.read_region((int(x), int(y)), (w, h), level)
         sx, sy = fx / ds, fy / ds  # level pixels per output pixel
-        pad = int(math.ceil(3 * max(sx, sy))) + 2
+        pad = math.ceil(3 * max(sx, sy)) + 2
         x0 = math.floor(x / ds) - pad
         y0 = math.floor(y / ds) - pad
         x1 = math.ceil((x + w * fx) / ds) + pad
@@ -204,7 +204,7 @@ class SlideReader(ABC):
         raise InputError(f"{self.name}: no associated image '{name}' (has: {', '.join(self.associated_names) or 'none'})")
 
     # -- lifecycle --------------------------------------------------------------------------
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (backends without handles have nothing to release)
         """Releases file handles; reading afterwards is an error."""
 
     def __enter__(self) -> SlideReader:
@@ -522,7 +522,7 @@ def _axes_plan(axes: str, shape: Sequence[int], path: Path) -> _AxesPlan:
             if channel_axis is not None:
                 raise SlideFormatError(f"{path}: both S and C channel axes in '{axes}'; export a single channel axis")
             channel_axis = ax
-    for ax, n in zip(axes, shape):
+    for ax, n in zip(axes, shape, strict=True):
         if ax not in ("Y", "X", channel_axis) and n > 1:
             raise SlideFormatError(f"{path}: has {n} planes along axis '{ax}' (z-stack or time series); "
                                    "export a single plane")
