@@ -38,6 +38,26 @@ def affine_scale(src: np.ndarray, *, scale_xy: tuple[float, float], offset_xy: t
     return _cast(out, dtype)
 
 
+def remap(src: np.ndarray, map_x: np.ndarray, map_y: np.ndarray, *, blur_sigma: float = 0.0,
+          background: float = 0) -> np.ndarray:
+    """Samples ``src`` (H, W, C) bilinearly at float pixel coordinates ``(map_x, map_y)``.
+
+    ``blur_sigma`` > 0 low-passes the source first (anti-aliasing when the map shrinks it);
+    coordinates outside the source read ``background``.
+    """
+    dtype = src.dtype
+    work = src.astype(np.float32)
+    out = np.empty((*map_x.shape, src.shape[2]), dtype=np.float32)
+    for c0 in range(0, src.shape[2], 4):
+        part = np.ascontiguousarray(work[..., c0 : c0 + 4])
+        if blur_sigma > 0.05:
+            part = cv2.GaussianBlur(part, (0, 0), blur_sigma, borderType=cv2.BORDER_REFLECT)
+        got = cv2.remap(part, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                        borderValue=(float(background),) * 4)
+        out[..., c0 : c0 + 4] = got.reshape(*map_x.shape, -1)
+    return _cast(out, dtype)
+
+
 def area_resize(src: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
     """Area-averaging resize of an ``(H, W, C)`` array to ``size_wh`` (for shrinking)."""
     out = np.empty((size_wh[1], size_wh[0], src.shape[2]), dtype=np.float32)

@@ -34,6 +34,7 @@ import numpy as np
 
 from stainldm.errors import InputError, SlideFormatError
 from stainldm.wsi import _resample
+from stainldm.wsi._tiles import DirectTiles
 
 log = logging.getLogger(__name__)
 
@@ -305,11 +306,21 @@ class TiffReader(SlideReader):
         self.channel_names = _channel_names(self._tif, desc, self.channels)
         self.mpp = _mpp_tuple(mpp) or _tiff_mpp(self._tif, desc)
         self.description = desc
+        self._fd = os.open(str(path), os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        self._direct = [DirectTiles.for_level(lv, self._fd, channels=self.channels, background=self.background)
+                        if self._plan.channel_axis in (None, "S") else None for lv in levels]
         self._associated = {
             s.name.lower(): s for s in self._tif.series[1:] if s.name and s.name.lower() in _ASSOCIATED
         }
 
     def _read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        direct = self._direct[level]
+        if direct is not None:
+            try:
+                return direct.read(x, y, w, h)
+            except Exception as exc:
+                raise SlideFormatError(f"{self.path}: failed to decode tiles at level {level} "
+                                       f"({type(exc).__name__}: {exc}); the file may be corrupt") from None
         index = []
         for ax in self._axes:
             if ax == "Y":
@@ -341,6 +352,9 @@ class TiffReader(SlideReader):
 
     def close(self) -> None:
         self._tif.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 class ArrayReader(SlideReader):
