@@ -37,9 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    from pipelines import info, make_sample
+    from pipelines import info, make_sample, prepare
 
-    for module in (info, make_sample):
+    for module in (make_sample, prepare, info):
         module.add_parser(sub, common)
     return parser
 

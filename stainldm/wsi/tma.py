@@ -24,6 +24,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
@@ -121,6 +122,8 @@ def dearray(mask: np.ndarray, *, mask_mpp: float, level0_mpp: float | None = Non
     design = np.column_stack([rc[on_lattice][:, 1], rc[on_lattice][:, 0], np.ones(int(on_lattice.sum()))])
     coef, *_ = np.linalg.lstsq(design, centroids[on_lattice], rcond=None)  # (3, 2)
     expected_area = float(np.median(areas[main]))
+    # Typical core radius: median enclosing circle of whole cores (tissue may not fill a core).
+    radius = float(np.median([_enclosing_radius(labels[boxes[i]] == i + 1) for i in np.flatnonzero(on_lattice)]))
     cores = []
     for r in range(rows):
         for c in range(cols):
@@ -138,16 +141,58 @@ def dearray(mask: np.ndarray, *, mask_mpp: float, level0_mpp: float | None = Non
             y0 = min(boxes[i][0].start for i in members)
             x1 = max(boxes[i][1].stop for i in members)
             y1 = max(boxes[i][0].stop for i in members)
+            d = 2 * math.sqrt(area / math.pi)
+            circle = _fit_circle(np.isin(labels[y0:y1, x0:x1], members + 1), radius)
+            if circle is not None:  # the core's cut edge is a circle: its centre beats the centroid
+                cx, cy, d = x0 + circle[0], y0 + circle[1], 2 * circle[2]
             status = "fragmented" if len(members) > 1 or not main[members].any() else "ok"
             if area > 1.6 * expected_area or max(x1 - x0, y1 - y0) > 1.45 * spacing:
                 status = "merged"
-            cores.append(Core(label, r, c, _xy((cx, cy), scale), 2 * math.sqrt(area / math.pi) * scale,
+            cores.append(Core(label, r, c, _xy((cx, cy), scale), d * scale,
                               (round(x0 * scale), round(y0 * scale), round((x1 - x0) * scale),
                                round((y1 - y0) * scale)), status, area * scale * scale, len(members)))
     theta_fit = math.atan2(coef[0, 1], coef[0, 0])
     spacing_fit = float(np.mean(np.linalg.norm(coef[:2], axis=1)))
     grid = Grid(float(np.degrees(theta_fit)), spacing_fit * scale, rows, cols, is_tma=True)
     return cores, grid
+
+
+def _enclosing_radius(piece: np.ndarray) -> float:
+    pts = np.argwhere(piece)[:, ::-1].astype(np.float32)
+    return float(cv2.minEnclosingCircle(pts)[1]) + 0.5
+
+
+def _fit_circle(piece: np.ndarray, radius: float, *, min_support: float = 0.35):
+    """Centre (x, y) and radius of the circular outline of a core (Hough transform on its
+    boundary, radii within ±15% of ``radius``), or None when less than ``min_support`` of the
+    circumference lies on the tissue boundary (a core that is not round)."""
+    from skimage.transform import hough_circle, hough_circle_peaks
+
+    pad = int(radius * 0.4) + 2
+    piece = np.pad(piece, pad)
+    edge = piece & ~ndi.binary_erosion(piece)
+    radii = np.arange(max(3, int(radius * 0.85)), int(radius * 1.15) + 2)
+    acc = hough_circle(edge, radii, normalize=False)
+    _, cx, cy, r = hough_circle_peaks(acc, radii, total_num_peaks=1)
+    if len(r) == 0:
+        return None
+    # Support: the fraction of directions (2° bins) in which the outline lies within 2 px of the circle.
+    ey, ex = np.nonzero(edge)
+    dx, dy = ex - cx[0], ey - cy[0]
+    near = np.abs(np.hypot(dx, dy) - r[0]) <= 2
+    bins = np.unique(((np.degrees(np.arctan2(dy[near], dx[near])) + 180) // 2).astype(int))
+    if len(bins) < min_support * 180:
+        return None
+    # Refine: least-squares circle (Kåsa fit) through the outline pixels near the Hough circle.
+    design = np.column_stack([ex[near], ey[near], np.ones(int(near.sum()))])
+    rhs = ex[near] ** 2 + ey[near] ** 2
+    (a, b, c0), *_ = np.linalg.lstsq(design.astype(float), rhs.astype(float), rcond=None)
+    fx, fy = a / 2, b / 2
+    fr = math.sqrt(max(c0 + fx * fx + fy * fy, 1.0))
+    if abs(fr - r[0]) > 3 or math.hypot(fx - cx[0], fy - cy[0]) > 3:
+        fx, fy, fr = float(cx[0]), float(cy[0]), float(r[0])
+    # Outline pixels are the outermost tissue pixels: their centres lie half a pixel inside.
+    return float(fx - pad), float(fy - pad), float(fr + 0.5)
 
 
 def _fit_grid(xy: np.ndarray, areas: np.ndarray):

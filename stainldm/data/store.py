@@ -1,0 +1,300 @@
+"""The paired tile store: registered unstained/stained tiles, one row of metadata per tile.
+
+Format (a contract other tools read)::
+
+    STORE/tiles.zarr      zarr v3 group: `unstained` (N, H, W, C_in) uint8|uint16,
+                                         `stained`   (N, H, W, 3) uint8, one chunk per tile
+    STORE/tiles.csv       row i describes tile i: slide_id, core, split, x, y, mpp,
+                          tissue_fraction, sim_before, sim_after  (x, y: unstained level-0 px)
+    STORE/pairs.csv       one row per slide pair: status (done/failed), tiles, seconds, error
+    STORE/cores.geojson, cores.csv, registration.csv, prepare.yaml   (written by `prepare`)
+
+``tiles.csv`` is the commit log: tiles are appended to the zarr arrays first, then their rows to
+the CSV (flushed and fsynced). Opening a store for writing truncates the arrays to the CSV's row
+count, so tiles of a pair interrupted half-way are dropped and that pair is redone.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stainldm.errors import InputError
+
+TILE_COLUMNS = ("slide_id", "core", "split", "x", "y", "mpp", "tissue_fraction", "sim_before", "sim_after")
+PAIR_COLUMNS = ("slide_id", "unstained", "stained", "status", "tiles", "seconds", "error")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class TileRow:
+    """Metadata of one tile (a row of ``tiles.csv``)."""
+
+    slide_id: str
+    core: str
+    split: str
+    x: int
+    y: int
+    mpp: float
+    tissue_fraction: float
+    sim_before: float
+    sim_after: float
+
+    def as_csv(self) -> list[str]:
+        return [self.slide_id, self.core, self.split, str(self.x), str(self.y), f"{self.mpp:.6g}",
+                f"{self.tissue_fraction:.4f}", f"{self.sim_before:.4f}", f"{self.sim_after:.4f}"]
+
+
+class TileStore:
+    """A paired tile store on disk. Open with :meth:`create` (writing) or :meth:`open` (reading)."""
+
+    def __init__(self, root: Path, group, rows: list[TileRow], *, writable: bool):
+        self.root = root
+        self._group = group
+        self.unstained = group["unstained"]
+        self.stained = group["stained"]
+        self.rows = rows
+        self.writable = writable
+        self._fast: tuple | None = None
+
+    # -- opening ------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, root: str | os.PathLike, *, tile_px: int, channels_in: int, dtype_in: str) -> TileStore:
+        """Opens ``root`` for appending, creating it if needed; recovers from an interrupted write.
+
+        Raises:
+            InputError: the folder exists with a store of another tile size or channel count, or
+                cannot be written.
+        """
+        import zarr
+
+        root = Path(root)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            probe = root / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise InputError(f"{root}: cannot write the tile store there ({exc.strerror}); choose another --out") from None
+        zpath = root / "tiles.zarr"
+        if zpath.exists():
+            store = cls.open(root, writable=True)
+            have = (store.unstained.shape[1], store.unstained.shape[3], str(store.unstained.dtype))
+            want = (tile_px, channels_in, str(np.dtype(dtype_in)))
+            if have != want:
+                raise InputError(f"{root}: holds tiles of {have[0]} px, {have[1]} channels, {have[2]}; this run makes "
+                                 f"{want[0]} px, {want[1]} channels, {want[2]} — use a new --out folder")
+            store._recover()
+            return store
+        group = zarr.open_group(str(zpath), mode="w")
+        for name, c, dt in (("unstained", channels_in, dtype_in), ("stained", 3, "uint8")):
+            group.create_array(name, shape=(0, tile_px, tile_px, c), chunks=(1, tile_px, tile_px, c), dtype=dt,
+                               fill_value=0)
+        _write_csv_header(root / "tiles.csv", TILE_COLUMNS)
+        return cls(root, group, [], writable=True)
+
+    @classmethod
+    def open(cls, root: str | os.PathLike, *, writable: bool = False) -> TileStore:
+        """Opens an existing store (read-only by default).
+
+        Raises:
+            InputError: ``root`` is not a tile store, or its CSV and arrays disagree.
+        """
+        import zarr
+
+        root = Path(root)
+        zpath, cpath = root / "tiles.zarr", root / "tiles.csv"
+        if not zpath.is_dir() or not cpath.is_file():
+            raise InputError(f"{root}: not a tile store (needs tiles.zarr and tiles.csv); create one with "
+                             "`stainldm prepare`")
+        try:
+            group = zarr.open_group(str(zpath), mode="r+" if writable else "r")
+            group["unstained"], group["stained"]
+        except Exception as exc:
+            raise InputError(f"{zpath}: cannot open the tile arrays ({type(exc).__name__}: {exc})") from None
+        rows = read_tile_rows(cpath)
+        store = cls(root, group, rows, writable=writable)
+        if not writable and store.unstained.shape[0] < len(rows):
+            raise InputError(f"{root}: tiles.csv lists {len(rows)} tiles but tiles.zarr holds "
+                             f"{store.unstained.shape[0]}; rerun `stainldm prepare` on this store to repair it")
+        return store
+
+    def _recover(self) -> None:
+        n = len(self.rows)
+        for arr in (self.unstained, self.stained):
+            if arr.shape[0] != n:
+                arr.resize((n, *arr.shape[1:]))
+
+    # -- writing ------------------------------------------------------------------------------
+    def append(self, unstained: np.ndarray, stained: np.ndarray, rows: Sequence[TileRow]) -> None:
+        """Appends tiles (arrays first, then their CSV rows, which commits them)."""
+        if not self.writable:
+            raise InputError(f"{self.root}: store opened read-only")
+        n = len(rows)
+        if unstained.shape[0] != n or stained.shape[0] != n:
+            raise ValueError(f"append: {unstained.shape[0]}/{stained.shape[0]} tiles for {n} rows")
+        if n == 0:
+            return
+        start = len(self.rows)
+        for arr, data in ((self.unstained, unstained), (self.stained, stained)):
+            arr.resize((start + n, *arr.shape[1:]))
+            arr[start : start + n] = data
+        with open(self.root / "tiles.csv", "a", newline="") as fh:
+            writer = csv.writer(fh)
+            for row in rows:
+                writer.writerow(row.as_csv())
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.rows.extend(rows)
+
+    def truncate(self, n: int) -> None:
+        """Keeps the first ``n`` tiles (drops the rest of the CSV, then of the arrays)."""
+        if not self.writable:
+            raise InputError(f"{self.root}: store opened read-only")
+        path = self.root / "tiles.csv"
+        tmp = path.with_name(f".{path.name}.partial")
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(TILE_COLUMNS)
+            for row in self.rows[:n]:
+                writer.writerow(row.as_csv())
+        tmp.replace(path)
+        del self.rows[n:]
+        self._recover()
+
+    # -- reading ------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def tile_px(self) -> int:
+        return int(self.unstained.shape[1])
+
+    @property
+    def channels_in(self) -> int:
+        return int(self.unstained.shape[3])
+
+    def indices(self, split: str | None = None) -> np.ndarray:
+        """Row indices of one split (all rows when None).
+
+        Raises:
+            InputError: the split name is unknown or the store has no tile in it.
+        """
+        if split is None:
+            return np.arange(len(self.rows))
+        if split not in SPLITS:
+            raise InputError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
+        idx = np.array([i for i, r in enumerate(self.rows) if r.split == split], dtype=np.int64)
+        if idx.size == 0:
+            counts = {s: sum(r.split == s for r in self.rows) for s in SPLITS}
+            raise InputError(f"{self.root}: no tiles in split '{split}' (store has {counts}); change the split "
+                             "fractions in the prepare config, or train on another split")
+        return idx
+
+    def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Tile ``i`` as (unstained (H, W, C_in), stained (H, W, 3))."""
+        if self._fast is None:
+            self._fast = (_TileChunks.for_array(self.root / "tiles.zarr" / "unstained", self.unstained),
+                          _TileChunks.for_array(self.root / "tiles.zarr" / "stained", self.stained))
+        fu, fs = self._fast
+        u = fu.read(i) if fu is not None else np.asarray(self.unstained[i])
+        s = fs.read(i) if fs is not None else np.asarray(self.stained[i])
+        return u, s
+
+
+class _TileChunks:
+    """Reads one-tile chunks of a zarr v3 array straight from disk (bytes + zstd codecs).
+
+    zarr 3 routes every read through its asyncio thread (~1 ms a call here); a training loader
+    reads two tiles per item, so for arrays this store writes (chunk = one tile, codecs bytes+zstd,
+    default "/" keys) the chunk file is read and decompressed directly. Anything else uses zarr.
+    """
+
+    def __init__(self, folder: Path, shape: tuple[int, ...], dtype: np.dtype, fill, codec):
+        self.folder, self.shape, self.dtype, self.fill, self.codec = folder, shape, dtype, fill, codec
+
+    @classmethod
+    def for_array(cls, folder: Path, arr) -> _TileChunks | None:
+        import json as _json
+
+        try:
+            meta = _json.loads((folder / "zarr.json").read_text())
+        except (OSError, ValueError):
+            return None
+        chunk = tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
+        names = [c["name"] for c in meta.get("codecs", [])]
+        key = meta.get("chunk_key_encoding", {})
+        if chunk != (1, *arr.shape[1:]) or key.get("name") != "default" or \
+                key.get("configuration", {}).get("separator", "/") != "/":
+            return None
+        if names == ["bytes", "zstd"]:
+            from numcodecs import Zstd
+
+            codec = Zstd()
+        elif names == ["bytes"]:
+            codec = None
+        else:
+            return None
+        endian = meta["codecs"][0].get("configuration", {}).get("endian", "little")
+        dtype = np.dtype(arr.dtype).newbyteorder("<" if endian == "little" else ">")
+        return cls(folder, tuple(arr.shape[1:]), dtype, meta.get("fill_value", 0), codec)
+
+    def read(self, i: int) -> np.ndarray:
+        path = self.folder / "c" / str(i) / "0" / "0" / "0"
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return np.full(self.shape, self.fill, dtype=self.dtype.newbyteorder("="))
+        if self.codec is not None:
+            raw = self.codec.decode(raw)
+        return np.frombuffer(raw, dtype=self.dtype).reshape(self.shape).astype(self.dtype.newbyteorder("="), copy=False)
+
+
+def read_tile_rows(path: Path) -> list[TileRow]:
+    """Parses ``tiles.csv`` (raising InputError naming the line on a malformed row)."""
+    rows: list[TileRow] = []
+    with open(path, newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None or tuple(header) != TILE_COLUMNS:
+            raise InputError(f"{path}: expected the header {','.join(TILE_COLUMNS)}")
+        for lineno, rec in enumerate(reader, start=2):
+            if not rec:
+                continue
+            try:
+                rows.append(TileRow(rec[0], rec[1], rec[2], int(rec[3]), int(rec[4]), float(rec[5]), float(rec[6]),
+                                    float(rec[7]), float(rec[8])))
+            except (ValueError, IndexError):
+                raise InputError(f"{path}:{lineno}: malformed row {rec!r}") from None
+    return rows
+
+
+def _write_csv_header(path: Path, columns: Sequence[str]) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "w", newline="") as fh:
+        csv.writer(fh).writerow(columns)
+    tmp.replace(path)
+
+
+def read_pairs(path: Path) -> dict[str, dict[str, str]]:
+    """``pairs.csv`` as slide_id -> row (empty when missing)."""
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as fh:
+        return {r["slide_id"]: r for r in csv.DictReader(fh)}
+
+
+def write_pairs(path: Path, pairs: dict[str, dict[str, str]]) -> None:
+    """Rewrites ``pairs.csv`` atomically."""
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=PAIR_COLUMNS)
+        writer.writeheader()
+        for row in pairs.values():
+            writer.writerow({k: row.get(k, "") for k in PAIR_COLUMNS})
+    tmp.replace(path)
