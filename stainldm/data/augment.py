@@ -51,12 +51,14 @@ class AugmentConfig:
 Pair = tuple[np.ndarray, np.ndarray]
 
 
-def build_paired(cfg: AugmentConfig, *, seed: int) -> Callable[[np.ndarray, np.ndarray], Pair]:
+def build_paired(cfg: AugmentConfig, *, seed: int) -> Callable[..., Pair]:
     """The geometric part: ``(unstained, stained) -> (unstained, stained)`` on ``H×W×C`` tiles of
     their stored dtypes (uint8/uint16: 2-4× less to move than float); deterministic for a seed.
 
-    The photometric part (:func:`jitter_batch`) runs on whole batches after normalisation, on
-    the training device.
+    The returned function takes an optional ``seed=`` to reseed the draw for one item, so the
+    augmentation of an item depends only on (run seed, epoch, index) — not on which worker or in
+    which order it is loaded (exact resumption). The photometric part (:func:`jitter_batch`)
+    runs on whole batches after normalisation, on the training device.
     """
     import albumentations as A
 
@@ -71,7 +73,11 @@ def build_paired(cfg: AugmentConfig, *, seed: int) -> Callable[[np.ndarray, np.n
     geometric = A.Compose(geo, additional_targets={"target": "image"}, seed=seed) if geo else None
     color = A.Compose([A.HueSaturationValue(5, 10, 5, p=0.5)], seed=seed + 1) if cfg.target_color else None
 
-    def apply(unstained: np.ndarray, stained: np.ndarray) -> Pair:
+    def apply(unstained: np.ndarray, stained: np.ndarray, *, seed: int | None = None) -> Pair:
+        if seed is not None:
+            for compose, offset in ((geometric, 0), (color, 1)):
+                if compose is not None:
+                    compose.set_random_seed(seed + offset)
         if geometric is not None:
             out = geometric(image=unstained, target=stained)
             unstained, stained = out["image"], out["target"]

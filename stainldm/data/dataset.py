@@ -87,12 +87,15 @@ class PairedTileDataset(Dataset):
             self._augment = build_paired(self.augment_cfg, seed=self.seed + (info.id if info else 0) * 1009)
 
     def __getitem__(self, k: int) -> dict:
+        """Item ``k``; ``k >= len(self)`` encodes an epoch (``k = epoch · len + position``, see
+        :class:`EpochSampler`), which seeds the augmentation of that item in that epoch."""
         if self._store is None:
             self._worker_setup()
-        i = int(self.indices[k])
+        epoch, pos = divmod(int(k), len(self.indices))
+        i = int(self.indices[pos])
         u, s = self._store.read(i)
         if self._augment is not None:
-            u, s = self._augment(u, s)
+            u, s = self._augment(u, s, seed=(self.seed * 1_000_003 + epoch * 7_919 + i) % 2**31)
         return {"unstained": torch.from_numpy(np.ascontiguousarray(u.transpose(2, 0, 1))),  # (C_in, H, W)
                 "stained": torch.from_numpy(np.ascontiguousarray(s.transpose(2, 0, 1))),  # (3, H, W)
                 "index": i}
@@ -126,3 +129,34 @@ class BatchPreprocessor:
 
     def __call__(self, batch: dict, *, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return self.input(batch["unstained"], generator=generator), self.target(batch["stained"])
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """An endless, resumable stream of dataset positions, reshuffled every epoch, sharded by rank.
+
+    Yields ``epoch · n + position`` (decoded by :class:`PairedTileDataset`), so the order and the
+    augmentation of every item follow from the seed alone: a run resumed at item ``start``
+    continues exactly as if it had not stopped, on any number of workers.
+
+    Args:
+        n: dataset length.
+        seed: shuffling seed.
+        start: items (per rank) already consumed.
+        rank, world: this process's shard of every epoch's permutation.
+    """
+
+    def __init__(self, n: int, *, seed: int, start: int = 0, rank: int = 0, world: int = 1):
+        self.n, self.seed, self.start, self.rank, self.world = n, seed, start, rank, world
+
+    def __iter__(self):
+        per_rank = len(range(self.rank, self.n, self.world))
+        if per_rank == 0:
+            return
+        epoch, skip = divmod(self.start, per_rank)
+        while True:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            perm = torch.randperm(self.n, generator=g)[self.rank :: self.world].tolist()
+            for pos in perm[skip:]:
+                yield epoch * self.n + pos
+            skip = 0
+            epoch += 1

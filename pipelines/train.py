@@ -1,0 +1,68 @@
+"""``stainldm train autoencoder|ldm|baseline``: train one model into a run folder (resumable)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+from stainldm.config import apply_overrides, from_dict, load_yaml
+from stainldm.errors import ConfigError, InputError
+
+log = logging.getLogger("stainldm.train")
+
+
+def add_parser(sub, common) -> None:
+    p = sub.add_parser("train", parents=[common], help="train the autoencoder, the LDM or the baseline",
+                       description="Train one model on a tile store. The ldm needs a trained autoencoder "
+                                   "(--autoencoder). Under torchrun the same command trains with DDP.")
+    p.add_argument("kind", choices=("autoencoder", "ldm", "baseline"))
+    p.add_argument("--config", type=Path, help="workflow YAML (its train: section), e.g. configs/demo.yaml")
+    p.add_argument("--store", type=Path, help="tile store (overrides train.data.store)")
+    p.add_argument("--autoencoder", type=Path, help="trained autoencoder run (ldm only)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a train key, e.g. --set steps=200 --set optim.lr=1e-4 (repeatable)")
+    p.add_argument("--out", type=Path, help="run folder (default runs/<kind>-<time>)")
+    p.add_argument("--resume", type=Path, metavar="RUN", help="continue an interrupted run exactly")
+    p.add_argument("--wandb", choices=("online", "offline", "disabled"), help="tracking mode (default offline)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.set_defaults(run=run)
+
+
+def load_train_config(path: Path | None, overrides: list[str]):
+    """The ``train:`` section of a workflow YAML, with ``--set`` overrides, as a TrainConfig."""
+    from stainldm.train.config import TrainConfig  # torch/monai load only when training
+
+    data = load_yaml(path) if path else {}
+    if path is not None and "train" not in data:
+        raise ConfigError(f"{path}: has no 'train:' section")
+    section = (data.get("train") or {}) if path else {}
+    return from_dict(TrainConfig, apply_overrides(section, overrides), where="train")
+
+
+def run(args: argparse.Namespace) -> int:
+    from stainldm.train.config import TrainConfig
+    from stainldm.train.loop import Trainer, resolve_config
+
+    if args.resume is not None:
+        saved = args.resume / "config.yaml"
+        if not saved.is_file():
+            raise InputError(f"{args.resume}: not a training run (no config.yaml)")
+        cfg = from_dict(TrainConfig, apply_overrides(load_yaml(saved), args.overrides), where="train")
+        run_dir = args.resume
+    else:
+        cfg = load_train_config(args.config, args.overrides)
+        run_dir = args.out or Path("runs") / f"{args.kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    cfg = resolve_config(cfg, store=args.store, autoencoder_run=args.autoencoder, wandb=args.wandb)
+    if cfg.data.store is None:
+        raise InputError("no tile store: pass --store STORE (made by `stainldm prepare`) or set train.data.store")
+    ae = Path(cfg.autoencoder_run) if cfg.autoencoder_run else None
+    trainer = Trainer(kind=args.kind, cfg=cfg, run_dir=run_dir, store=Path(cfg.data.store), device=args.device,
+                      autoencoder_run=ae, resume=args.resume is not None)
+    t0 = time.perf_counter()
+    last = trainer.train(progress=not args.quiet)
+    if trainer.is_main:
+        metrics = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k in ("loss", "val_psnr", "val_ssim"))
+        print(f"{run_dir}: {args.kind} trained to step {trainer.step} in {time.perf_counter() - t0:.0f} s ({metrics})")
+    return 0

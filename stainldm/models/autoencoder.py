@@ -1,0 +1,132 @@
+"""Stage 1: a KL-regularised autoencoder (MONAI ``AutoencoderKL``) of H&E tiles.
+
+Downsampling ``f = 2^(len(channels) - 1)``: the default ``(32, 64, 64)`` maps a 256 px tile to a
+64×64×4 latent (f = 4). Latents fed to the diffusion model are ``μ · scale`` with ``scale`` =
+1 / std of training latents (Rombach et al. 2022, sec. 4.3.2), measured after training and
+stored with the weights.
+
+Loss: L1 reconstruction + ``kl_weight`` · KL(q(z|x) || N(0, I)), plus, when enabled, a patch
+adversarial term (MONAI ``PatchDiscriminator``, least squares, switched on after
+``adversarial_start`` steps) and a perceptual term (MONAI ``PerceptualLoss``) only when its
+weights are a local file — nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from stainldm.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """Autoencoder architecture and loss weights.
+
+    Attributes:
+        channels: feature channels per resolution level; ``len - 1`` downsamplings.
+        num_res_blocks: residual blocks per level.
+        latent_channels: channels of the latent.
+        attention: non-local attention in the bottleneck of encoder and decoder.
+        norm_num_groups: GroupNorm groups (must divide every entry of ``channels``).
+        kl_weight: weight of the KL term.
+        adversarial_weight: weight of the patch adversarial term (0 = off).
+        adversarial_start: step at which the adversarial term starts (warm-up).
+        perceptual_weight: weight of the perceptual term (0 = off).
+        perceptual_weights: local weights file for the perceptual network (required if on).
+    """
+
+    channels: tuple[int, ...] = (32, 64, 64)
+    num_res_blocks: int = 1
+    latent_channels: int = 4
+    attention: bool = False
+    norm_num_groups: int = 16
+    kl_weight: float = 1e-6
+    adversarial_weight: float = 0.0
+    adversarial_start: int = 1000
+    perceptual_weight: float = 0.0
+    perceptual_weights: str | None = None
+
+
+def downsampling(cfg: AutoencoderConfig) -> int:
+    """Spatial downsampling factor of the latent."""
+    return 2 ** (len(cfg.channels) - 1)
+
+
+def check_autoencoder_config(cfg: AutoencoderConfig, *, where: str = "autoencoder") -> None:
+    if len(cfg.channels) < 2:
+        raise ConfigError(f"{where}.channels needs at least 2 levels, got {list(cfg.channels)}")
+    bad = [c for c in cfg.channels if c % cfg.norm_num_groups]
+    if bad:
+        raise ConfigError(f"{where}.norm_num_groups ({cfg.norm_num_groups}) must divide every entry of "
+                          f"{where}.channels {list(cfg.channels)}")
+    if cfg.perceptual_weight > 0 and not (cfg.perceptual_weights and Path(cfg.perceptual_weights).is_file()):
+        raise ConfigError(f"{where}.perceptual_weight > 0 needs {where}.perceptual_weights: a local weights file "
+                          f"(got {cfg.perceptual_weights!r}); nothing is downloaded")
+
+
+def build_autoencoder(cfg: AutoencoderConfig) -> nn.Module:
+    """The MONAI ``AutoencoderKL`` for RGB H&E tiles in [-1, 1]."""
+    from monai.networks.nets import AutoencoderKL
+
+    check_autoencoder_config(cfg)
+    n = len(cfg.channels)
+    return AutoencoderKL(
+        spatial_dims=2, in_channels=3, out_channels=3, channels=tuple(cfg.channels),
+        num_res_blocks=(cfg.num_res_blocks,) * n, attention_levels=(False,) * n,
+        latent_channels=cfg.latent_channels, norm_num_groups=cfg.norm_num_groups,
+        with_encoder_nonlocal_attn=cfg.attention, with_decoder_nonlocal_attn=cfg.attention,
+    )
+
+
+def kl_divergence(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """KL(N(μ, σ²) || N(0, 1)) summed over latent elements, averaged over the batch."""
+    kl = 0.5 * (mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2) + 1e-12) - 1)
+    return kl.flatten(1).sum(1).mean()
+
+
+class AutoencoderLoss(nn.Module):
+    """L1 + KL (+ adversarial, + perceptual) for the autoencoder; owns the discriminator."""
+
+    def __init__(self, cfg: AutoencoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.discriminator = None
+        self.perceptual = None
+        if cfg.adversarial_weight > 0:
+            from monai.losses import PatchAdversarialLoss
+            from monai.networks.nets import PatchDiscriminator
+
+            self.discriminator = PatchDiscriminator(spatial_dims=2, channels=32, in_channels=3, num_layers_d=3)
+            self.adversarial = PatchAdversarialLoss(criterion="least_squares")
+        if cfg.perceptual_weight > 0:
+            from monai.losses import PerceptualLoss
+
+            self.perceptual = PerceptualLoss(spatial_dims=2, network_type="resnet50", pretrained=True,
+                                             pretrained_path=cfg.perceptual_weights)
+
+    def generator_loss(self, x: torch.Tensor, recon: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor,
+                       step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        l1 = (recon - x).abs().mean()
+        kl = kl_divergence(mu, sigma)
+        loss = l1 + self.cfg.kl_weight * kl
+        parts = {"l1": float(l1.detach()), "kl": float(kl.detach())}
+        if self.perceptual is not None:
+            p = self.perceptual(recon.float(), x.float())
+            loss = loss + self.cfg.perceptual_weight * p
+            parts["perceptual"] = float(p.detach())
+        if self.discriminator is not None and step >= self.cfg.adversarial_start:
+            logits = self.discriminator(recon.contiguous())[-1]
+            g = self.adversarial(logits, target_is_real=True, for_discriminator=False)
+            loss = loss + self.cfg.adversarial_weight * g
+            parts["adv_g"] = float(g.detach())
+        return loss, parts
+
+    def discriminator_loss(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        fake = self.discriminator(recon.detach().contiguous())[-1]
+        real = self.discriminator(x.contiguous())[-1]
+        return 0.5 * (self.adversarial(fake, target_is_real=False, for_discriminator=True)
+                      + self.adversarial(real, target_is_real=True, for_discriminator=True))

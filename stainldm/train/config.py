@@ -1,0 +1,111 @@
+"""Training configuration: one frozen dataclass tree, the ``train:`` section of a workflow YAML."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from stainldm.data.augment import AugmentConfig
+from stainldm.errors import ConfigError
+from stainldm.models.autoencoder import AutoencoderConfig
+from stainldm.models.baseline import BaselineConfig
+from stainldm.models.ldm import LDMConfig
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where tiles come from and how they are batched.
+
+    Attributes:
+        store: tile store folder (``--store`` overrides).
+        split: split to train on.
+        val_split: split used for validation metrics and sample grids.
+        batch_size: tiles per optimisation step per process (before accumulation).
+        workers: DataLoader worker processes (0 = in the main process).
+        augment: paired augmentation.
+    """
+
+    store: str | None = None
+    split: str = "train"
+    val_split: str = "val"
+    batch_size: int = 8
+    workers: int = 2
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay to ``min_lr_ratio · lr``.
+
+    Attributes:
+        lr: peak learning rate.
+        weight_decay: AdamW weight decay.
+        betas: Adam betas.
+        warmup_steps: linear warm-up steps.
+        min_lr_ratio: final learning rate as a fraction of ``lr``.
+        grad_clip: max global gradient norm (0 = off).
+        accumulate: micro-batches per optimisation step.
+    """
+
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    accumulate: int = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run (autoencoder, ldm or baseline: the command picks which section applies).
+
+    Attributes:
+        seed: drives every random draw (tile order, augmentation, noise, timesteps, dropout).
+        steps: optimisation steps.
+        amp: bf16 autocast on CUDA (CPU always trains in fp32).
+        ema_decay: exponential moving average of the weights (exported and validated).
+        checkpoint_every, val_every, log_every: intervals in steps.
+        val_tiles: validation tiles per evaluation (first N of the val split).
+        sample_steps, sampler, guidance: how the LDM samples during validation.
+        wandb: experiment tracking mode (``--wandb`` overrides).
+        autoencoder_run: trained autoencoder run folder (ldm only; ``--autoencoder`` overrides).
+    """
+
+    seed: int = 0
+    steps: int = 1000
+    amp: bool = True
+    ema_decay: float = 0.999
+    checkpoint_every: int = 200
+    val_every: int = 200
+    log_every: int = 10
+    val_tiles: int = 16
+    sample_steps: int = 10
+    sampler: str = "dpmpp_2m"
+    guidance: float = 1.0
+    wandb: Literal["online", "offline", "disabled"] = "offline"
+    autoencoder_run: str | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    ldm: LDMConfig = field(default_factory=LDMConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """Value checks types cannot express; ConfigError names the key."""
+    for key in ("steps", "checkpoint_every", "val_every", "log_every"):
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"train.{key} ({getattr(cfg, key)}) must be positive")
+    if cfg.data.batch_size <= 0:
+        raise ConfigError(f"train.data.batch_size ({cfg.data.batch_size}) must be positive")
+    if cfg.data.workers < 0:
+        raise ConfigError(f"train.data.workers ({cfg.data.workers}) must be 0 or more")
+    if cfg.optim.accumulate <= 0:
+        raise ConfigError(f"train.optim.accumulate ({cfg.optim.accumulate}) must be positive")
+    if not 0 <= cfg.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay ({cfg.ema_decay}) must be in [0, 1)")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"train.optim.lr ({cfg.optim.lr}) must be positive")
+    if cfg.sample_steps <= 0:
+        raise ConfigError(f"train.sample_steps ({cfg.sample_steps}) must be positive")
