@@ -11,7 +11,6 @@ that mpp (when its own differs), the stained one through the core's registration
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,7 +20,7 @@ from stainldm.errors import ConfigError, InputError
 from stainldm.wsi.reader import SlideReader
 from stainldm.wsi.register import PairRegistration, RegisterConfig, register_pair, sample_transformed
 from stainldm.wsi.tiling import mask_fraction, tile_grid
-from stainldm.wsi.tissue import TissueConfig, tissue_mask
+from stainldm.wsi.tissue import TissueConfig, slide_mask
 from stainldm.wsi.tma import Core, Grid, dearray
 
 log = logging.getLogger(__name__)
@@ -85,16 +84,6 @@ def check_config(cfg: PrepareConfig) -> None:
         raise ConfigError(f"tiles.min_tissue ({t.min_tissue}) must be in [0, 1]")
     if cfg.workers < 1:
         raise ConfigError(f"workers ({cfg.workers}) must be at least 1")
-
-
-def slide_mask(slide: SlideReader, cfg: TissueConfig, *, modality: str) -> np.ndarray:
-    """Tissue mask of a whole slide at ``cfg.mask_mpp``."""
-    if slide.mpp is None:
-        raise InputError(f"{slide.name}: the slide does not record its mpp; pass --mpp")
-    w, h = slide.dimensions
-    size = (max(2, math.ceil(w * slide.mpp[0] / cfg.mask_mpp)), max(2, math.ceil(h * slide.mpp[1] / cfg.mask_mpp)))
-    thumb = slide.read_at_mpp((0, 0), size, cfg.mask_mpp)
-    return tissue_mask(thumb, mpp=cfg.mask_mpp, modality=modality, cfg=cfg)
 
 
 def analyse_pair(unstained: SlideReader, stained: SlideReader, cfg: PrepareConfig) -> PairPlan:

@@ -97,10 +97,23 @@ class SemanticEncoder(nn.Module):
         self.pos = nn.Parameter(torch.zeros(1, cfg.token_dim, 8, 8))
         nn.init.normal_(self.pos, std=0.02)
 
+    @property
+    def reduction(self) -> int:
+        """Input pixels per token."""
+        return int(self.backbone.feature_info.reduction()[-1])
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Projected last feature map ``(B, D, H/r, W/r)``; the backbone is convolutional, so a
+        whole canvas can be encoded once and cropped per window (:meth:`tokens`)."""
+        return self.proj(self.backbone(x)[-1])
+
+    def tokens(self, fmap: torch.Tensor) -> torch.Tensor:
+        """Feature map (or a crop of it) + position embedding -> ``(B, S, D)`` tokens."""
+        pos = nn.functional.interpolate(self.pos, size=fmap.shape[-2:], mode="bilinear", align_corners=False)
+        return (fmap + pos).flatten(2).transpose(1, 2)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.proj(self.backbone(x)[-1])  # (B, D, h, w)
-        pos = nn.functional.interpolate(self.pos, size=f.shape[-2:], mode="bilinear", align_corners=False)
-        return (f + pos).flatten(2).transpose(1, 2)  # (B, h*w, D)
+        return self.tokens(self.feature_map(x))  # (B, h*w, D)
 
 
 def check_condition_config(cfg: ConditionConfig) -> None:

@@ -20,6 +20,7 @@ scratches, then removal of specks below ``min_area_um2``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -101,6 +102,20 @@ def guess_modality(image: np.ndarray) -> Literal["he", "brightfield", "fluoresce
         if np.percentile(sat, 95) > 0.12:
             return "he"
     return "brightfield"
+
+
+def slide_mask(slide, cfg: TissueConfig = TissueConfig(), *, modality: Modality = "auto") -> np.ndarray:
+    """Tissue mask of a whole :class:`~stainldm.wsi.reader.SlideReader` at ``cfg.mask_mpp``.
+
+    Raises:
+        InputError: the slide does not record its mpp.
+    """
+    if slide.mpp is None:
+        raise InputError(f"{slide.name}: the slide does not record its mpp; pass --mpp")
+    w, h = slide.dimensions
+    size = (max(2, math.ceil(w * slide.mpp[0] / cfg.mask_mpp)), max(2, math.ceil(h * slide.mpp[1] / cfg.mask_mpp)))
+    thumb = slide.read_at_mpp((0, 0), size, cfg.mask_mpp)
+    return tissue_mask(thumb, mpp=cfg.mask_mpp, modality=modality, cfg=cfg)
 
 
 def tissue_fraction(mask: np.ndarray) -> float:

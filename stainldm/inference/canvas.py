@@ -1,0 +1,153 @@
+"""Latent canvas maths: window grids, smooth fusion weights, fused prediction, tiled decoding.
+
+Pure functions over shapes and tensors (no I/O). A region is sampled on one latent canvas; at
+every denoising step the model sees overlapping windows (batched) and their outputs are averaged
+on the canvas with smooth weights (MultiDiffusion, Bar-Tal et al. 2023), before the sampler's
+update. The fewest windows that cover the canvas are used, and the spare overlap between them is
+redrawn at every step, so window borders never stay in one place and no seam can form even with
+small overlaps, while the overlap cost stays at its minimum.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+
+
+def window_starts(length: int, *, window: int, overlap: int, jitter_seed: int | None = None) -> list[int]:
+    """Start positions of the fewest windows covering ``[0, length)`` with at least ``overlap``.
+
+    The spare length is shared between the gaps — evenly, or, with ``jitter_seed``, at random
+    (a different draw per denoising step moves every window border while the number of windows,
+    and so the cost, stays at its minimum).
+    """
+    if length <= window:
+        return [0]
+    overlap = min(overlap, window - 1)
+    n = math.ceil((length - overlap) / (window - overlap))
+    if n == 1:
+        return [0]
+    slack = n * window - length  # total overlap to share between the n - 1 gaps
+    spare = slack - overlap * (n - 1)
+    if jitter_seed is None:
+        shares = [spare / (n - 1)] * (n - 1)
+    else:
+        g = torch.Generator().manual_seed(jitter_seed)
+        e = -torch.log(torch.rand(n - 1, generator=g, dtype=torch.float64).clamp_min(1e-12))
+        shares = (e / e.sum() * spare).tolist()  # a uniform draw on the simplex
+    starts, pos, acc = [0], 0.0, 0.0
+    for share in shares:
+        acc += window - overlap - share
+        pos = round(acc)
+        starts.append(min(pos, length - window))
+    starts[-1] = length - window
+    return starts
+
+
+def window_weight(window: tuple[int, int] | int, *, overlap: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """``(wy, wx)`` fusion weight: 1 in the middle, a raised-cosine taper over ``overlap`` pixels
+    at each border (never 0, so canvas borders covered by one window keep weight)."""
+    wy, wx = (window, window) if isinstance(window, int) else window
+
+    def ramp(n: int) -> torch.Tensor:
+        r = torch.ones(n, device=device, dtype=dtype)
+        o = min(overlap, n // 2)
+        if o > 0:
+            k = torch.arange(o, device=device, dtype=dtype)
+            taper = 0.5 - 0.5 * torch.cos(math.pi * (k + 1) / (o + 1))
+            r[:o] = taper
+            r[-o:] = taper.flip(0)
+        return r
+
+    return ramp(wy)[:, None] * ramp(wx)[None, :]
+
+
+def axis_window(length: int, *, window: int, overlap: int, multiple: int = 1, max_scale: float = 1.5) -> int:
+    """The window length (``window`` … ``max_scale · window``, a multiple of ``multiple``) that
+    covers ``length`` with the fewest network evaluations — the UNet is convolutional, so windows
+    somewhat larger than the training tiles are fine, and they remove most of the waste of
+    covering a canvas with a fixed window."""
+    if length <= window:
+        return window
+    best, best_cost = window, math.inf
+    for w in range(window, int(window * max_scale) + 1, multiple):
+        if w % multiple:
+            continue
+        n = 1 if length <= w else math.ceil((length - overlap) / (w - overlap))
+        cost = n * min(w, length)
+        if cost < best_cost - 1e-9:
+            best, best_cost = w, cost
+    return best
+
+
+def window_grid(size_hw: tuple[int, int], *, window: tuple[int, int] | int, overlap: int,
+                jitter_seed: int | None = None) -> list[tuple[int, int]]:
+    """``(y, x)`` starts of all windows (of ``window`` = (wy, wx)) over a canvas of ``size_hw``."""
+    wy, wx = (window, window) if isinstance(window, int) else window
+    ys = window_starts(size_hw[0], window=wy, overlap=overlap,
+                       jitter_seed=None if jitter_seed is None else 2 * jitter_seed)
+    xs = window_starts(size_hw[1], window=wx, overlap=overlap,
+                       jitter_seed=None if jitter_seed is None else 2 * jitter_seed + 1)
+    return [(y, x) for y in ys for x in xs]
+
+
+def fuse_windows(predict: Callable[[list[tuple[int, int]]], torch.Tensor], positions: Sequence[tuple[int, int]],
+                 *, canvas: torch.Tensor, window: tuple[int, int], weight: torch.Tensor, batch: int) -> torch.Tensor:
+    """Weighted average on the canvas of window predictions.
+
+    Args:
+        predict: ``predict(starts)`` -> ``(len(starts), C, window, window)`` predictions.
+        positions: window starts ``(y, x)``.
+        canvas: a tensor of the output's shape ``(1, C, H, W)`` (its values are not used).
+        window: window size ``(wy, wx)``.
+        weight: ``(wy, wx)`` fusion weight (clipped to the canvas for small canvases).
+        batch: windows per model call.
+    """
+    acc = torch.zeros_like(canvas, dtype=torch.float32)
+    norm = torch.zeros((1, 1, *canvas.shape[-2:]), device=canvas.device, dtype=torch.float32)
+    h, w = canvas.shape[-2:]
+    wh, ww = min(window[0], h), min(window[1], w)
+    wt = weight[:wh, :ww].to(torch.float32)
+    for i in range(0, len(positions), batch):
+        chunk = list(positions[i : i + batch])
+        out = predict(chunk).to(torch.float32)  # (b, C, wh, ww)
+        for k, (y, x) in enumerate(chunk):
+            acc[0, :, y : y + wh, x : x + ww] += out[k] * wt
+            norm[0, :, y : y + wh, x : x + ww] += wt
+    return (acc / norm.clamp_min(1e-8)).to(canvas.dtype)
+
+
+def evaluations_per_pixel(size_hw: tuple[int, int], *, window: tuple[int, int], overlap: int) -> float:
+    """Network evaluations per canvas pixel divided by the non-overlapping minimum (overlap cost);
+    the same at every step, jittered or not."""
+    h, w = size_hw
+    n = len(window_grid(size_hw, window=window, overlap=overlap))
+    return n * min(window[0], h) * min(window[1], w) / (h * w)
+
+
+def decode_tiled(decode: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, *, tile: int, overlap: int,
+                 scale: int) -> torch.Tensor:
+    """Decodes a latent canvas ``(1, C, h, w)`` in overlapping tiles blended with smooth weights.
+
+    Args:
+        decode: latent tile -> image tile (``scale`` × larger).
+        tile, overlap: latent tile edge and overlap.
+        scale: image pixels per latent pixel.
+    """
+    h, w = z.shape[-2:]
+    weight = window_weight(tile * scale, overlap=overlap * scale, device=z.device)
+    out = None
+    norm = None
+    for y, x in window_grid((h, w), window=tile, overlap=overlap):
+        th, tw = min(tile, h), min(tile, w)
+        img = decode(z[:, :, y : y + th, x : x + tw]).to(torch.float32)  # (1, 3, th*scale, tw*scale)
+        if out is None:
+            out = torch.zeros((1, img.shape[1], h * scale, w * scale), device=z.device)
+            norm = torch.zeros((1, 1, h * scale, w * scale), device=z.device)
+        wt = weight[: th * scale, : tw * scale]
+        ys, xs = y * scale, x * scale
+        out[:, :, ys : ys + th * scale, xs : xs + tw * scale] += img * wt
+        norm[:, :, ys : ys + th * scale, xs : xs + tw * scale] += wt
+    return out / norm.clamp_min(1e-8)
