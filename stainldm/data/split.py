@@ -50,7 +50,10 @@ def assign_splits(keys: Sequence[str], cfg: SplitConfig, *, given: Mapping[str, 
 
     def lookup(key: str) -> str | None:
         bare = key.split(":", 1)[-1]
-        return explicit.get(key) or explicit.get(bare)
+        a, b = explicit.get(key), explicit.get(bare)
+        if a and b and a != b:
+            raise ConfigError(f"split: core '{key}' is listed in both {b} (as '{bare}') and {a} (as '{key}')")
+        return a or b
 
     out: dict[str, str] = {}
     rng = np.random.default_rng(cfg.seed)

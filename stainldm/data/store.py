@@ -197,7 +197,13 @@ class TileStore:
         return idx
 
     def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Tile ``i`` as (unstained (H, W, C_in), stained (H, W, 3))."""
+        """Tile ``i`` as (unstained (H, W, C_in), stained (H, W, 3)).
+
+        Raises:
+            IndexError: ``i`` is not a committed tile.
+        """
+        if not 0 <= i < len(self.rows):
+            raise IndexError(f"{self.root}: tile {i} out of range (the store holds {len(self.rows)})")
         if self._fast is None:
             self._fast = (_TileChunks.for_array(self.root / "tiles.zarr" / "unstained", self.unstained),
                           _TileChunks.for_array(self.root / "tiles.zarr" / "stained", self.stained))

@@ -86,10 +86,12 @@ class SemanticEncoder(nn.Module):
             if weights is None:
                 self.backbone = timm.create_model(cfg.backbone, pretrained=False, **kwargs)
             else:
+                _check_backbone_file(cfg.backbone, Path(weights))
                 self.backbone = timm.create_model(cfg.backbone, pretrained=True,
                                                   pretrained_cfg_overlay={"file": str(weights)}, **kwargs)
         except RuntimeError as exc:
-            raise ConfigError(f"ldm.condition.backbone '{cfg.backbone}': timm cannot build it ({exc})") from None
+            msg = " ".join(str(exc).split())[:300]
+            raise ConfigError(f"ldm.condition.backbone '{cfg.backbone}': timm cannot build it ({msg})") from None
         if cfg.freeze_backbone:
             self.backbone.requires_grad_(False)
         feat = self.backbone.feature_info.channels()[-1]
@@ -114,6 +116,27 @@ class SemanticEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.tokens(self.feature_map(x))  # (B, h*w, D)
+
+
+def _check_backbone_file(name: str, path: Path) -> None:
+    """The weights file must hold exactly the backbone's tensors (timm would ignore extra keys,
+    so weights of a sibling network — resnet34 for resnet18 — would load silently)."""
+    import timm
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConfigError(f"ldm.condition.backbone_weights: {path} is not a readable weights file "
+                          f"({type(exc).__name__})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    own = set(timm.create_model(name, pretrained=False).state_dict())
+    extra = sorted(set(state) - own)
+    missing = sorted(k for k in own - set(state) if not k.startswith(("fc.", "head.", "classifier.")))
+    if extra or missing:
+        key = extra[0] if extra else missing[0]
+        raise ConfigError(f"ldm.condition.backbone_weights: {path} does not match backbone '{name}' "
+                          f"({'unexpected' if extra else 'missing'} tensor '{key}'); give weights of that network")
 
 
 def check_condition_config(cfg: ConditionConfig) -> None:

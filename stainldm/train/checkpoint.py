@@ -94,9 +94,9 @@ def read_model_json(path: str | os.PathLike, *, kind: str | None = None) -> dict
         meta = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError):
         raise CheckpointError(f"{path}: not valid JSON; the checkpoint is corrupt") from None
-    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
-        raise CheckpointError(f"{path}: not a stainldm model description (format {meta.get('format')!r} "
-                              f"if any, expected {MODEL_FORMAT})")
+    fmt = meta.get("format") if isinstance(meta, dict) else None
+    if fmt != MODEL_FORMAT:
+        raise CheckpointError(f"{path}: not a stainldm model description (format {fmt!r}, expected {MODEL_FORMAT})")
     if kind is not None and meta.get("kind") != kind:
         raise CheckpointError(f"{path}: is a {meta.get('kind')} checkpoint, but a {kind} checkpoint is needed here")
     return meta

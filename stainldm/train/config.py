@@ -107,5 +107,12 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"train.ema_decay ({cfg.ema_decay}) must be in [0, 1)")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"train.optim.lr ({cfg.optim.lr}) must be positive")
-    if cfg.sample_steps <= 0:
-        raise ConfigError(f"train.sample_steps ({cfg.sample_steps}) must be positive")
+    from stainldm.diffusion.samplers import SAMPLERS
+
+    if not 0 < cfg.sample_steps <= cfg.ldm.schedule.train_steps:
+        raise ConfigError(f"train.sample_steps ({cfg.sample_steps}) must be from 1 to "
+                          f"ldm.schedule.train_steps ({cfg.ldm.schedule.train_steps})")
+    if cfg.sampler not in SAMPLERS:
+        raise ConfigError(f"train.sampler '{cfg.sampler}' is not one of {', '.join(SAMPLERS)}")
+    if cfg.val_tiles < 1:
+        raise ConfigError(f"train.val_tiles ({cfg.val_tiles}) must be at least 1")

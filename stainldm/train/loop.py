@@ -144,6 +144,9 @@ class Trainer:
                 raise ConfigError(f"tiles of {self.tile_px} px do not divide into the latent UNet's levels "
                                   f"(downsampling {downsample} × 2^{len(cfg.ldm.denoiser.channels) - 1}); "
                                   "change ldm.denoiser.channels or the tile size")
+        if kind == "baseline" and (self.tile_px < 32 or self.tile_px % 16):
+            raise ConfigError(f"tiles of {self.tile_px} px are too small or uneven for the baseline U-Net (four 2× "
+                              "poolings): prepare tiles of at least 32 px, a multiple of 16 (prepare tiles.size)")
         torch.manual_seed(cfg.seed)  # weight initialisation
         self.model = build_model(kind, cfg, in_channels=self.in_channels, latent_channels=latent_channels,
                                  downsample=downsample).to(self.device)

@@ -1,0 +1,95 @@
+"""The KL autoencoder: shapes, downsampling factor, config checks, the KL term, the loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stainldm.errors import ConfigError
+from stainldm.models.autoencoder import (
+    AutoencoderConfig,
+    AutoencoderLoss,
+    build_autoencoder,
+    check_autoencoder_config,
+    downsampling,
+    kl_divergence,
+)
+
+
+def test_default_autoencoder_maps_a_256_px_tile_to_a_64x64x4_latent_and_back():
+    cfg = AutoencoderConfig()
+    assert downsampling(cfg) == 4
+    torch.manual_seed(0)
+    ae = build_autoencoder(cfg).eval()
+    x = torch.rand(1, 3, 256, 256) * 2 - 1
+    with torch.no_grad():
+        recon, mu, sigma = ae(x)
+    assert mu.shape == sigma.shape == (1, 4, 64, 64)
+    assert recon.shape == (1, 3, 256, 256)
+    assert bool((sigma > 0).all()) and torch.isfinite(recon).all()
+
+
+@pytest.mark.parametrize(("channels", "factor"), [((8, 8), 2), ((8, 8, 16), 4), ((8, 8, 16, 16), 8)])
+def test_downsampling_is_two_to_the_levels_minus_one_and_matches_the_latent(channels, factor):
+    cfg = AutoencoderConfig(channels=channels, norm_num_groups=8, latent_channels=3)
+    assert downsampling(cfg) == factor
+    with torch.no_grad():
+        mu, _ = build_autoencoder(cfg).eval().encode(torch.zeros(1, 3, 32, 32))
+    assert mu.shape == (1, 3, 32 // factor, 32 // factor)
+
+
+def test_norm_groups_that_do_not_divide_the_channels_are_a_config_error():
+    with pytest.raises(ConfigError, match=r"autoencoder\.norm_num_groups \(16\) must divide.*\[16, 24\]"):
+        build_autoencoder(AutoencoderConfig(channels=(16, 24), norm_num_groups=16))
+
+
+def test_a_single_level_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"autoencoder\.channels needs at least 2 levels"):
+        check_autoencoder_config(AutoencoderConfig(channels=(32,)))
+
+
+@pytest.mark.parametrize("weights", [None, "no/such/resnet50.pth"])
+def test_a_perceptual_weight_without_a_local_weights_file_is_a_config_error(weights):
+    cfg = AutoencoderConfig(perceptual_weight=0.1, perceptual_weights=weights)
+    with pytest.raises(ConfigError, match=r"autoencoder\.perceptual_weights.*local weights file.*nothing is downloaded"):
+        build_autoencoder(cfg)
+
+
+def test_the_key_prefix_of_config_errors_follows_where():
+    with pytest.raises(ConfigError, match=r"^train\.autoencoder\.norm_num_groups"):
+        check_autoencoder_config(AutoencoderConfig(channels=(16, 24)), where="train.autoencoder")
+
+
+def test_kl_divergence_is_zero_for_the_prior_and_positive_elsewhere():
+    mu, sigma = torch.zeros(3, 4, 8, 8), torch.ones(3, 4, 8, 8)
+    assert float(kl_divergence(mu, sigma)) == pytest.approx(0.0, abs=1e-6)
+    # KL(N(μ, σ²) || N(0, 1)) = ½(μ² + σ² − log σ² − 1) per element, summed, batch mean
+    kl = kl_divergence(torch.full((2, 1, 2, 2), 1.0), torch.full((2, 1, 2, 2), 2.0))
+    expected = 4 * 0.5 * (1 + 4 - torch.log(torch.tensor(4.0)) - 1)
+    assert float(kl) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_generator_loss_is_l1_plus_weighted_kl_and_backpropagates():
+    cfg = AutoencoderConfig(channels=(8, 8), norm_num_groups=8, kl_weight=0.5)
+    torch.manual_seed(0)
+    ae = build_autoencoder(cfg)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    recon, mu, sigma = ae(x)
+    loss, parts = AutoencoderLoss(cfg).generator_loss(x, recon, mu, sigma, step=0)
+    assert float(loss.detach()) == pytest.approx(parts["l1"] + 0.5 * parts["kl"], rel=1e-5)
+    loss.backward()
+    grads = [p.grad for p in ae.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_adversarial_term_starts_after_warm_up():
+    cfg = AutoencoderConfig(channels=(8, 8), norm_num_groups=8, adversarial_weight=0.1, adversarial_start=2)
+    torch.manual_seed(0)
+    ae, loss_fn = build_autoencoder(cfg), AutoencoderLoss(cfg)
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    recon, mu, sigma = ae(x)
+    _, before = loss_fn.generator_loss(x, recon, mu, sigma, step=1)
+    _, after = loss_fn.generator_loss(x, recon, mu, sigma, step=2)
+    assert "adv_g" not in before and "adv_g" in after
+    d = loss_fn.discriminator_loss(x, recon)
+    assert torch.isfinite(d) and d.requires_grad
