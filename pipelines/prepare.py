@@ -116,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         pairs = read_pairs_csv(args.pairs)
     out: Path = args.out
     _check_store_config(out, cfg)
+    out.mkdir(parents=True, exist_ok=True)
     pairs_path = out / "pairs.csv"
     status = read_pairs(pairs_path)
     done = {sid for sid, r in status.items() if r.get("status") == "done"}
@@ -130,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
             store, n = _prepare_pair(pair, cfg, out, store, done, quiet=args.quiet)
             status[pair.slide_id] = _pair_row(pair, "done", n, time.perf_counter() - t0, "")
             done.add(pair.slide_id)
+            _record_store_config(out, cfg)
         except StainLDMError as exc:
             if args.debug:
                 raise
@@ -150,14 +152,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_store_config(out: Path, cfg: PrepareConfig) -> None:
+    """A store holds tiles of one config: refuse another one once a pair is done."""
     saved = out / "prepare.yaml"
     if saved.is_file():
         old = yaml.safe_load(saved.read_text()) or {}
         if old.get("config_hash") != config_hash(cfg):
             raise ConfigError(f"{out}: this store was made with another prepare config (see {saved}); use a new "
                               "--out folder or the same settings")
+
+
+def _record_store_config(out: Path, cfg: PrepareConfig) -> None:
+    """Written when the first pair is done, so a config that failed does not lock the folder."""
+    saved = out / "prepare.yaml"
+    if saved.is_file():
         return
-    out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".prepare.yaml.partial"
     tmp.write_text(yaml.safe_dump({"config_hash": config_hash(cfg), **to_dict(cfg)}, sort_keys=False))
     tmp.replace(saved)

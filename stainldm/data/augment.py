@@ -14,6 +14,7 @@ CPU and inter-process traffic low (benchmarks/loader.py).
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -77,7 +78,10 @@ def build_paired(cfg: AugmentConfig, *, seed: int) -> Callable[..., Pair]:
         if seed is not None:
             for compose, offset in ((geometric, 0), (color, 1)):
                 if compose is not None:
-                    compose.set_random_seed(seed + offset)
+                    # One generator shared by all transforms (set_random_seed would give each
+                    # transform its own generator with the same seed: flips and rotations would
+                    # then always fire together).
+                    compose.set_random_state(np.random.default_rng(seed + offset), random.Random(seed + offset))
         if geometric is not None:
             out = geometric(image=unstained, target=stained)
             unstained, stained = out["image"], out["target"]

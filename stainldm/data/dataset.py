@@ -77,10 +77,8 @@ class PairedTileDataset(Dataset):
         return len(self.indices)
 
     def _worker_setup(self) -> None:
-        if torch.utils.data.get_worker_info() is not None:
-            import cv2
-
-            cv2.setNumThreads(1)  # one thread per worker: the workers are the parallelism
+        # No cv2.setNumThreads here: in a forked worker it deadlocks once the parent has used
+        # OpenCV's thread pool (as a process that just ran prepare has).
         self._store = TileStore.open(self.root)
         if self.augment_cfg is not None:
             info = torch.utils.data.get_worker_info()

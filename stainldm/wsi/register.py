@@ -349,6 +349,8 @@ def refine_tiles(unstained: SlideReader, stained: SlideReader, matrix: np.ndarra
     """
     x, y, w, h = bbox_xywh
     t = cfg.tile_px
+    while t > 64 and t > min(w, h) / 2.5:  # small cores: smaller tiles, so tiles see tissue, not glass
+        t //= 2
     nx, ny = max(1, math.ceil(w / t)), max(1, math.ceil(h / t))
     x0 = x + (w - nx * t) / 2
     y0 = y + (h - ny * t) / 2
