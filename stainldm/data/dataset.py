@@ -72,6 +72,8 @@ class PairedTileDataset(Dataset):
         self.channels_in = store.channels_in
         self._store: TileStore | None = None  # opened lazily in each worker process
         self._augment = None
+        if augment is not None:
+            import albumentations  # noqa: F401  (imported here, in the parent, not first in a forked worker)
 
     def __len__(self) -> int:
         return len(self.indices)

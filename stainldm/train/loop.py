@@ -229,9 +229,11 @@ class Trainer:
         from tqdm import tqdm
 
         cfg = self.cfg
+        # Workers fork when the iterator is created: before wandb starts its service threads, which
+        # a forked child must not touch (wandb raises ForkedError from its import hooks).
+        it = iter(self._loader())
         tracker = Tracker(mode=cfg.wandb, run_dir=self.run_dir, config=to_dict(cfg), name=self.run_dir.name,
                           enabled=self.is_main)
-        it = iter(self._loader())
         bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {self.kind}", unit="step",
                    disable=not (progress and self.is_main))
         last: dict[str, Any] = {}

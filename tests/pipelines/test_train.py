@@ -217,3 +217,21 @@ def test_an_unknown_device(train_store, tmp_path, capsys):
     assert main(["train", "baseline", "--config", str(CI), "--store", str(train_store), "--out",
                  str(tmp_path / "r"), "--device", "tpu", "--quiet"]) == 2
     assert "--device tpu: use cpu, cuda or auto" in _error(capsys)
+
+
+def test_offline_wandb_with_forked_loader_workers(train_store, tmp_path):
+    """wandb's service must not be touched from forked DataLoader workers (it raises ForkedError)."""
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("stainldm")), "train", "baseline", "--config", str(CI), "--store",
+         str(train_store), "--out", str(run), "--wandb", "offline", "--device", "cpu", "--quiet",
+         "--set", "steps=2", "--set", "data.workers=2", "--set", "val_every=2", "--set", "checkpoint_every=2"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (run / "model.safetensors").is_file()
+    assert list((run / "wandb").glob("offline-run-*")), "wandb wrote no offline run"
