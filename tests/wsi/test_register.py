@@ -220,3 +220,15 @@ def test_mask_fraction_weights_partial_pixels():
     # partly outside the mask: outside counts as no tissue; [3, 5]² holds one on pixel of 4 units²
     assert mask_fraction(mask, mask_px=2, xy=(6, 6), size=4) == pytest.approx(0.25)
     assert mask_fraction(mask, mask_px=2, xy=(-8, -8), size=4) == 0.0
+
+
+def test_a_core_below_the_core_similarity_is_left_out():
+    import numpy as np
+
+    from stainldm.wsi.register import CoreTransform, PairRegistration
+
+    cfg = RegisterConfig()
+    reg = PairRegistration(np.eye(3), 0.8, {"A1": CoreTransform(np.eye(3)), "A2": CoreTransform(np.eye(3))},
+                           {"A1": (0.3, 0.5), "A2": (0.1, cfg.min_core_similarity - 0.01)}, cfg.min_core_similarity)
+    assert reg.core_ok("A1") and not reg.core_ok("A2") and not reg.core_ok("B9")
+    assert cfg.min_core_similarity < cfg.min_similarity
