@@ -228,10 +228,12 @@ class StainModel:
 # ---------------------------------------------------------------------------------------------
 # Regions and the whole slide
 # ---------------------------------------------------------------------------------------------
-def tissue_regions(slide: SlideReader, cfg: StainConfig, *, out_mpp: float) -> tuple[list[tuple[int, int, int, int]], float]:
+def tissue_regions(slide: SlideReader, cfg: StainConfig, *, out_mpp: float, mask: np.ndarray | None = None
+                   ) -> tuple[list[tuple[int, int, int, int]], float]:
     """Boxes ``(x, y, w, h)`` in output pixels of the connected tissue pieces (merged when their
     boxes overlap), and the tissue fraction of the slide."""
-    mask = slide_mask(slide, cfg.tissue, modality=cfg.modality)
+    if mask is None:
+        mask = slide_mask(slide, cfg.tissue, modality=cfg.modality)
     frac = float(mask.mean())
     labels, _n = ndi.label(mask)
     scale = cfg.tissue.mask_mpp / out_mpp  # output px per mask px
@@ -300,7 +302,8 @@ def stain_slide(slide: SlideReader, model: StainModel, out: Path, cfg: StainConf
     out_mpp = model.mpp
     f = out_mpp / slide.mpp[0]  # level-0 px per output px
     out_w, out_h = math.ceil(slide.dimensions[0] / f), math.ceil(slide.dimensions[1] / f)
-    regions, frac = tissue_regions(slide, cfg, out_mpp=out_mpp)
+    mask = slide_mask(slide, cfg.tissue, modality=cfg.modality)
+    regions, frac = tissue_regions(slide, cfg, out_mpp=out_mpp, mask=mask)
     if not regions:
         raise InputError(f"{slide.name}: no tissue found; nothing to stain")
     work = out.parent / f".{out.stem}.work"
@@ -322,6 +325,8 @@ def stain_slide(slide: SlideReader, model: StainModel, out: Path, cfg: StainConf
             xin = model.normalise(u)
             outs = model.stain_canvas(xin, cfg, seed=(cfg.seed * 100_003 + ci) % 2**31)  # (K, 3, h, w)
             mean = ((outs.mean(0).permute(1, 2, 0).float().cpu().numpy() + 1) * 127.5).clip(0, 255)
+            glass = 1 - _tissue_weight(mask, cfg, out_mpp=out_mpp, box=(x, y, w, h))
+            mean = mean * (1 - glass[..., None]) + 255 * glass[..., None]  # glass inside a region's box: white
             _blend_into(rgb, mean, (x, y), done_boxes, blend)
             if std is not None:
                 sd = (outs.float().std(0).mean(0) * 127.5).cpu().numpy()[..., None]  # uint8 units
@@ -360,6 +365,24 @@ def stain_slide(slide: SlideReader, model: StainModel, out: Path, cfg: StainConf
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(prov)
     return StainResult(out, unc, thumb, prov, len(regions), frac, seconds)
+
+
+def _tissue_weight(mask: np.ndarray, cfg: StainConfig, *, out_mpp: float, box: tuple[int, int, int, int]) -> np.ndarray:
+    """A soft tissue mask over an output box: 1 on (slightly dilated) tissue, fading to 0 on glass
+    over about ``region_margin_px``, so the glass around a core is white like the slide's background."""
+    import cv2
+
+    x, y, w, h = box
+    scale = cfg.tissue.mask_mpp / out_mpp  # output px per mask px
+    grown = ndi.binary_dilation(mask, iterations=max(1, round(cfg.region_margin_px / 2 / scale)))
+    m = np.zeros((h, w), np.float32)
+    # Output pixel (u, v) centre in mask coordinates: ((x + u + 0.5) / scale - 0.5).
+    mx = ((x + np.arange(w) + 0.5) / scale - 0.5).astype(np.float32)
+    my = ((y + np.arange(h) + 0.5) / scale - 0.5).astype(np.float32)
+    gx, gy = np.meshgrid(mx, my)
+    m = cv2.remap(grown.astype(np.float32), gx, gy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    sigma = max(1.0, cfg.region_margin_px / 4)
+    return np.clip(cv2.GaussianBlur(m, (0, 0), sigma) * 1.5, 0, 1)
 
 
 def _clip(box, w, h):
