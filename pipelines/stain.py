@@ -86,9 +86,10 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
         else:
             out.append(item)
     seen, unique = set(), []
-    for p in out:
-        if p.resolve() not in seen:
-            seen.add(p.resolve())
+    for p in out:  # the same path listed twice is one slide (links to one file are several slides)
+        key = os.path.abspath(p)
+        if key not in seen:
+            seen.add(key)
             unique.append(p)
     return unique
 
