@@ -9,7 +9,6 @@ A folder that already holds all three from the same config, seed and source is l
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from typing import Any
 from stainldm.config import config_hash, load_config
 from stainldm.data.synthetic import SampleConfig, SamplePair, make_tma_pair
 from stainldm.errors import InputError, RunError
+from stainldm.files import sha256_file
 from stainldm.wsi.reader import open_slide
 from stainldm.wsi.writer import write_pyramid
 
@@ -139,11 +139,7 @@ def _output_folder(path: Path) -> Path:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def _format_json(data: Any) -> str:

@@ -8,7 +8,6 @@ with ``torch.load(weights_only=True)``. Every write goes to a temporary name and
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from stainldm.errors import CheckpointError
+from stainldm.files import sha256_file
 
 MODEL_FORMAT = "stainldm-model/1"
 KINDS = ("autoencoder", "ldm", "baseline")
@@ -103,11 +103,8 @@ def read_model_json(path: str | os.PathLike, *, kind: str | None = None) -> dict
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """Hex SHA-256 of a checkpoint file (recorded in staining provenance)."""
+    return sha256_file(path)
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
