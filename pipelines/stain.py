@@ -60,7 +60,15 @@ def parse_shard(text: str | None, env: dict[str, str] | None = None) -> tuple[in
         return i - 1, n
     for rank, world in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
         if rank in env and world in env:
-            return int(env[rank]), int(env[world])
+            try:
+                index, count = int(env[rank]), int(env[world])
+            except ValueError:
+                raise InputError(f"{rank}={env[rank]!r}, {world}={env[world]!r}: not integers; fix the launcher's "
+                                 "environment or pass --shard i/n") from None
+            if not (count >= 1 and 0 <= index < count):
+                raise InputError(f"{rank}={index}, {world}={count}: the rank must be between 0 and {world} - 1; "
+                                 "fix the launcher's environment or pass --shard i/n")
+            return index, count
     return 0, 1
 
 

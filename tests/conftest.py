@@ -140,3 +140,119 @@ def train_ae_run(train_store, train_config, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("train_ae") / "ae"
     Trainer(kind="autoencoder", cfg=train_config(), run_dir=run, store=train_store, device="cpu").train()
     return run
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation: ci.yaml models trained on ``train_store``, their stained slides and one report
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def eval_runs(train_store, train_ae_run, train_config, tmp_path_factory) -> dict[str, Path]:
+    """An ldm and a baseline trained on ``train_store`` (configs/ci.yaml, 6 steps) and the store's
+    slide stained with the ldm (``pred_ldm``: 1 sampler step, 2 samples, so with an uncertainty map)."""
+    from pipelines.cli import main
+    from stainldm.train.loop import Trainer
+
+    base = tmp_path_factory.mktemp("eval_runs")
+    Trainer(kind="ldm", cfg=train_config(), run_dir=base / "ldm", store=train_store, device="cpu",
+            autoencoder_run=train_ae_run).train()
+    Trainer(kind="baseline", cfg=train_config(), run_dir=base / "baseline", store=train_store, device="cpu").train()
+    slide = train_store.parent / "sample" / "unstained.tiff"
+    assert main(["stain", str(slide), "--checkpoint", str(base / "ldm"), "--out", str(base / "pred_ldm"), "--quiet",
+                 "--device", "cpu", "--steps", "1", "--samples", "2"]) == 0
+    return {"store": train_store, "slide": slide, "ldm": base / "ldm", "baseline": base / "baseline",
+            "pred_ldm": base / "pred_ldm"}
+
+
+@pytest.fixture(scope="session")
+def eval_report(eval_runs, tmp_path_factory) -> dict:
+    """``stainldm evaluate`` of the ldm prediction, the baseline run (stained on the fly) and the
+    colour map on the test split: ``{"out": folder, "code": exit code, "stdout": printed text}``."""
+    import contextlib
+    import io
+
+    from pipelines.cli import main
+
+    out = tmp_path_factory.mktemp("eval_report") / "report"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(["evaluate", "--pred", str(eval_runs["pred_ldm"]), "--baseline", str(eval_runs["baseline"]),
+                     "--store", str(eval_runs["store"]), "--out", str(out), "--quiet", "--device", "cpu"])
+    return {"out": out, "code": code, "stdout": buf.getvalue()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Staining: the whole pipeline through the CLI once per session, and small unstained slides
+# ---------------------------------------------------------------------------------------------
+# 2×2 grid of 200 µm cores (a 1720² px, 0.5 µm/px slide). grid.missing=0 matters: with make-sample's
+# default missing core the three left are not dearrayed as a TMA, and configs/ci.yaml's split then
+# puts every tile in train (no val tiles: training refuses the store).
+STAIN_TMA = ("grid.rows=2", "grid.cols=2", "grid.missing=0", "grid.core_diameter_um=200", "grid.gap_um=60",
+             "grid.test_cores=1")
+# configs/ci.yaml's 6 steps, with fewer tiles a step and in validation (as TRAIN_FAST).
+STAIN_TRAIN_FAST = ("--set", "data.batch_size=2", "--set", "val_tiles=2", "--set", "sample_steps=2")
+
+
+@pytest.fixture(scope="session")
+def stain_runs(tmp_path_factory) -> dict[str, Path]:
+    """``stainldm make-sample -> prepare -> train autoencoder, ldm, baseline`` (configs/ci.yaml), run
+    through the CLI in this process: ``{"sample", "store", "ae", "ldm", "baseline"}`` (~30 s)."""
+    from pipelines.cli import main
+    from stainldm.data.store import TileStore
+
+    base = tmp_path_factory.mktemp("stain_runs")
+    sample, store = base / "sample", base / "store"
+    sets = [a for kv in STAIN_TMA for a in ("--set", kv)]
+    assert main(["make-sample", "--out", str(sample), "--quiet", *sets]) == 0
+    assert main(["prepare", "--unstained", str(sample / "unstained.tiff"), "--stained", str(sample / "stained.tiff"),
+                 "--out", str(store), "--config", str(TRAIN_CI_CONFIG), "--quiet"]) == 0
+    splits = {r.split for r in TileStore.open(store).rows}
+    assert {"train", "val"} <= splits, f"the staining sample needs train and val tiles, got {splits}"
+    common = ["--config", str(TRAIN_CI_CONFIG), "--store", str(store), "--wandb", "disabled", "--device", "cpu",
+              "--quiet", *STAIN_TRAIN_FAST]
+    assert main(["train", "autoencoder", *common, "--out", str(base / "ae")]) == 0
+    assert main(["train", "ldm", *common, "--autoencoder", str(base / "ae"), "--out", str(base / "ldm")]) == 0
+    assert main(["train", "baseline", *common, "--out", str(base / "baseline")]) == 0
+    return {"sample": sample, "store": store, "ae": base / "ae", "ldm": base / "ldm", "baseline": base / "baseline"}
+
+
+@pytest.fixture(scope="session")
+def stain_slides(stain_runs, tmp_path_factory) -> dict[str, Path]:
+    """Small 2-channel uint16 slides (0.5 µm/px) cut from ``stain_runs``' sample, on its own glass:
+
+    * ``core``: core A1 near the left of 2201×601 px of glass (1101×301 px at the model's 1 µm/px:
+      two pyramid levels, and glass 800 px from any tissue);
+    * ``piece``: a 121² px square from inside core B2 on 601×401 px of glass (a 61 µm piece: found
+      with ``TissueConfig(min_area_um2=2000)``; a 96² px canvas, so the LDM stains it in a second);
+    * ``a``, ``b``, ``c``: 481² px crops around cores A2, B1, B2 (tissue about half of each);
+    * ``empty``: dark glass only (no tissue).
+    """
+    import json
+
+    from stainldm.wsi.reader import open_slide
+    from stainldm.wsi.writer import write_pyramid
+
+    sample = stain_runs["sample"]
+    with open_slide(sample / "unstained.tiff") as slide:
+        u = slide.read_region((0, 0), slide.dimensions)  # (1720, 1720, 2) uint16
+    centres = {c["id"]: [round(v) for v in c["center_unstained_xy"]]
+               for c in json.loads((sample / "truth.json").read_text())["cores"]}
+    glass = u[:240, :240]  # the slide's corner: glass (cores start ~390 px in)
+    reps = np.ceil(np.array([601, 2201]) / 240).astype(int)
+    out = tmp_path_factory.mktemp("stain_slides")
+
+    def crop(core: str, r: int) -> np.ndarray:
+        x, y = centres[core]
+        return u[y - r : y + r + 1, x - r : x + r + 1]
+
+    slide = np.tile(glass, (*reps, 1))[:601, :2201].copy()
+    slide[40 : 40 + 441, 40 : 40 + 441] = crop("A1", 220)
+    write_pyramid(out / "core.tiff", slide, mpp=0.5)
+    piece = np.tile(glass, (2, 3, 1))[:401, :601].copy()
+    x, y = centres["B2"]
+    piece[100:221, 100:221] = u[y - 60 : y + 61, x - 60 : x + 61]
+    write_pyramid(out / "piece.tiff", piece, mpp=0.5)
+    for name, core in (("a", "A2"), ("b", "B1"), ("c", "B2")):
+        write_pyramid(out / f"{name}.tiff", crop(core, 240), mpp=0.5)
+    dark = np.random.default_rng(0).poisson(150, (400, 400, 2)).astype(np.uint16)
+    write_pyramid(out / "empty.tiff", dark, mpp=0.5)
+    return {name: out / f"{name}.tiff" for name in ("core", "piece", "a", "b", "c", "empty")}

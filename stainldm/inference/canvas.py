@@ -71,10 +71,8 @@ def axis_window(length: int, *, window: int, overlap: int, multiple: int = 1, ma
     covering a canvas with a fixed window."""
     if length <= window:
         return window
-    best, best_cost = window, math.inf
-    for w in range(window, int(window * max_scale) + 1, multiple):
-        if w % multiple:
-            continue
+    best, best_cost = math.ceil(window / multiple) * multiple, math.inf
+    for w in range(math.ceil(window / multiple) * multiple, int(window * max_scale) + 1, multiple):
         n = 1 if length <= w else math.ceil((length - overlap) / (w - overlap))
         cost = n * min(w, length)
         if cost < best_cost - 1e-9:

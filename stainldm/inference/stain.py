@@ -35,6 +35,7 @@ from stainldm.wsi.tissue import TissueConfig, slide_mask
 from stainldm.wsi.writer import write_pyramid
 
 log = logging.getLogger(__name__)
+CANVAS_BLEND_PX = 64  # sub-canvases of a large region overlap and cross-fade over this many output px
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,9 @@ def check_stain_config(cfg: StainConfig) -> None:
         raise InputError(f"--batch-size must be positive, got {cfg.batch_size}")
     if cfg.overlap_px < 0:
         raise InputError(f"--overlap must be 0 or more, got {cfg.overlap_px}")
-    if cfg.max_canvas_px < 64:
-        raise InputError(f"max_canvas_px ({cfg.max_canvas_px}) must be at least 64")
+    if cfg.max_canvas_px < 2 * CANVAS_BLEND_PX:
+        raise InputError(f"max_canvas_px ({cfg.max_canvas_px}) must be at least {2 * CANVAS_BLEND_PX} "
+                         f"(sub-canvases cross-fade over {CANVAS_BLEND_PX} px)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,7 +316,7 @@ def stain_slide(slide: SlideReader, model: StainModel, out: Path, cfg: StainConf
                                 dtype="uint8", fill_value=255)
         std = zarr.create_array(str(work / "std.zarr"), shape=(out_h, out_w, 1), chunks=(512, 512, 1),
                                 dtype="float32", fill_value=0.0) if cfg.samples > 1 else None
-        blend = 64
+        blend = CANVAS_BLEND_PX
         canvases = [(ri, c) for ri, box in enumerate(regions)
                     for c in split_canvas(_clip(box, out_w, out_h), max_px=cfg.max_canvas_px, overlap=blend)]
         if progress is not None:
@@ -330,6 +332,7 @@ def stain_slide(slide: SlideReader, model: StainModel, out: Path, cfg: StainConf
             _blend_into(rgb, mean, (x, y), done_boxes, blend)
             if std is not None:
                 sd = (outs.float().std(0).mean(0) * 127.5).cpu().numpy()[..., None]  # uint8 units
+                sd = sd * (1 - glass[..., None])  # white glass is certain, as the output shows it
                 std[y : y + h, x : x + w] = sd.astype(np.float32)
             done_boxes.append((x, y, w, h))
             if progress is not None:
