@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export WANDB_MODE ?= offline
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: test test-slow demo lint bench clean
+.PHONY: test test-slow demo lint bench clean browser
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,15 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(BIN)/python -c "import torch, torchvision, timm, monai, openslide, tifffile, zarr, albumentations"
 	touch $@
 
-test: $(STAMP)
+# The report's browser test needs Debian's chromium; as root it is installed here, elsewhere the
+# test is skipped with the command to run (apt-get install -y chromium).
+browser:
+	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 || \
+	  apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
+	  (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1) || \
+	  echo "note: could not install chromium; the report's browser test will be skipped"
+
+test: $(STAMP) browser
 	$(BIN)/ruff check .
 	WANDB_MODE=disabled $(BIN)/python -m pytest
 
