@@ -64,19 +64,29 @@ def window_weight(window: tuple[int, int] | int, *, overlap: int, device=None, d
     return ramp(wy)[:, None] * ramp(wx)[None, :]
 
 
-def axis_window(length: int, *, window: int, overlap: int, multiple: int = 1, max_scale: float = 1.5) -> int:
+def axis_window(length: int, *, window: int, overlap: int, multiple: int = 1, max_scale: float = 1.5,
+                movable: bool = False) -> int:
     """The window length (``window`` … ``max_scale · window``, a multiple of ``multiple``) that
     covers ``length`` with the fewest network evaluations — the UNet is convolutional, so windows
     somewhat larger than the training tiles are fine, and they remove most of the waste of
-    covering a canvas with a fixed window."""
+    covering a canvas with a fixed window.
+
+    ``movable``: prefer the cheapest window that leaves at least 1 px of spare overlap per gap, so
+    that jittered layouts (:func:`window_starts`) move the borders at every step (a window that
+    covers the length exactly pins them), if it costs at most 5 % more. Two windows are pinned to
+    the canvas ends whatever their size."""
     if length <= window:
         return window
-    best, best_cost = math.ceil(window / multiple) * multiple, math.inf
+    options = []
     for w in range(math.ceil(window / multiple) * multiple, int(window * max_scale) + 1, multiple):
         n = 1 if length <= w else math.ceil((length - overlap) / (w - overlap))
-        cost = n * min(w, length)
-        if cost < best_cost - 1e-9:
-            best, best_cost = w, cost
+        pinned = n >= 3 and n * w - length - overlap * (n - 1) < n - 1
+        options.append((n * min(w, length), w, pinned))
+    cost, best, _ = min(options)
+    if movable:  # the cheapest window with room, if it costs at most 5 % more
+        free = [o for o in options if not o[2] and o[0] <= cost * 1.05]
+        if free:
+            best = min(free)[1]
     return best
 
 

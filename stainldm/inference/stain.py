@@ -36,6 +36,7 @@ from stainldm.wsi.writer import write_pyramid
 
 log = logging.getLogger(__name__)
 CANVAS_BLEND_PX = 64  # sub-canvases of a large region overlap and cross-fade over this many output px
+SKIP_MARGIN_PX = 32  # windows farther than this from tissue are skipped (beyond the decoder's reach)
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class StainConfig:
     tile_px: int = 256
     modality: str = "auto"
     region_margin_px: int = 16
+    skip_glass: bool = True  # windows on glass inside a region's box are not run through the network
     tissue: TissueConfig = field(default_factory=TissueConfig)
 
 
@@ -151,8 +153,13 @@ class StainModel:
 
     # -- one canvas -----------------------------------------------------------------------------
     @torch.no_grad()
-    def stain_canvas(self, x: torch.Tensor, cfg: StainConfig, *, seed: int) -> torch.Tensor:
-        """``(1, C_in, H, W)`` input -> ``(K, 3, H, W)`` H&E in [-1, 1] (K = cfg.samples)."""
+    def stain_canvas(self, x: torch.Tensor, cfg: StainConfig, *, seed: int, tissue: np.ndarray | None = None
+                     ) -> torch.Tensor:
+        """``(1, C_in, H, W)`` input -> ``(K, 3, H, W)`` H&E in [-1, 1] (K = cfg.samples).
+
+        ``tissue``: optional ``(H, W)`` weight, 0 on glass; windows with no tissue near them are not
+        run through the network (background skipping) — their pixels are left for the caller to
+        paint as glass, and come back as 0 (mid-grey)."""
         h, w = x.shape[-2:]
         unit = self.f * self.multiple
         ph, pw = (-h) % unit, (-w) % unit
@@ -162,17 +169,25 @@ class StainModel:
         if pad_h or pad_w:  # reflect (replicate when the canvas is too small to reflect)
             mode = "reflect" if pad_h < h and pad_w < w else "replicate"
             x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        near = None
+        if tissue is not None:
+            import cv2
+
+            t = np.zeros(x.shape[-2:], bool)
+            t[:h, :w] = tissue > 0
+            k = 2 * SKIP_MARGIN_PX + 1
+            near = cv2.dilate(t.view(np.uint8), np.ones((k, k), np.uint8)).astype(bool) if t.any() else None
         if self.kind == "baseline":
-            out = self._baseline_canvas(x, cfg).expand(cfg.samples, -1, -1, -1)
+            out = self._baseline_canvas(x, cfg, near=near).expand(cfg.samples, -1, -1, -1)
         else:
-            out = torch.cat([self._ldm_canvas(x, cfg, seed=seed * 1_000 + k) for k in range(cfg.samples)])
+            out = torch.cat([self._ldm_canvas(x, cfg, seed=seed * 1_000 + k, near=near) for k in range(cfg.samples)])
         return out[:, :, :h, :w]
 
-    def _baseline_canvas(self, x: torch.Tensor, cfg: StainConfig) -> torch.Tensor:
+    def _baseline_canvas(self, x: torch.Tensor, cfg: StainConfig, *, near: np.ndarray | None = None) -> torch.Tensor:
         h, w = x.shape[-2:]
         win = (axis_window(h, window=self.tile_px, overlap=cfg.overlap_px, multiple=16),
                axis_window(w, window=self.tile_px, overlap=cfg.overlap_px, multiple=16))
-        positions = window_grid((h, w), window=win, overlap=cfg.overlap_px)
+        positions = _with_tissue(window_grid((h, w), window=win, overlap=cfg.overlap_px), win, near)
         weight = window_weight(win, overlap=cfg.overlap_px, device=x.device)
 
         def predict(chunk):
@@ -181,15 +196,28 @@ class StainModel:
         canvas = torch.zeros((1, 3, h, w), device=x.device)
         return fuse_windows(predict, positions, canvas=canvas, window=win, weight=weight, batch=cfg.batch_size)
 
-    def _ldm_canvas(self, x: torch.Tensor, cfg: StainConfig, *, seed: int) -> torch.Tensor:
+    def ldm_windows(self, h: int, w: int, cfg: StainConfig) -> tuple[tuple[int, int], int]:
+        """Window size ``(wy, wx)`` and overlap, in latent px, for an ``h × w`` latent canvas.
+
+        The overlap is ``cfg.overlap_px``. Windows up to 1.5× the training tile keep the cost near
+        its minimum, and among the cheapest the one that leaves spare overlap is taken, so that the
+        borders move at every step (the spare is redrawn) and never stay put
+        (``benchmarks/stain.py``)."""
+        tile = self.tile_px // self.f
+        overlap = max(1, math.ceil(cfg.overlap_px / self.f))
+        win = (axis_window(h, window=tile, overlap=overlap, multiple=self.multiple, movable=True),
+               axis_window(w, window=tile, overlap=overlap, multiple=self.multiple, movable=True))
+        return win, overlap
+
+    def _ldm_canvas(self, x: torch.Tensor, cfg: StainConfig, *, seed: int, near: np.ndarray | None = None
+                    ) -> torch.Tensor:
         from stainldm.diffusion.samplers import sample as run_sampler
 
         ldm, f = self.net, self.f
         h, w = x.shape[-2] // f, x.shape[-1] // f
         tile = self.tile_px // f
-        overlap = max(1, math.ceil(cfg.overlap_px / f))
-        win = (axis_window(h, window=tile, overlap=overlap, multiple=self.multiple),
-               axis_window(w, window=tile, overlap=overlap, multiple=self.multiple))
+        win, overlap = self.ldm_windows(h, w, cfg)
+        near_z = None if near is None else near.reshape(h, f, w, f).any(axis=(1, 3))  # latent px near tissue
         weight = window_weight(win, overlap=overlap, device=x.device)
         spatial = ldm.stem(x) if ldm.stem is not None else None  # (1, c, h, w): the stem is convolutional
         fmap = ldm.semantic.feature_map(x) if ldm.semantic is not None else None  # (1, D, H/r, W/r)
@@ -209,7 +237,8 @@ class StainModel:
         calls = [0]
 
         def model_fn(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            positions = window_grid((h, w), window=win, overlap=overlap, jitter_seed=seed * 997 + calls[0])
+            positions = _with_tissue(window_grid((h, w), window=win, overlap=overlap, jitter_seed=seed * 997 + calls[0]),
+                                     win, near_z)
             calls[0] += 1
 
             def predict(chunk):
@@ -268,8 +297,9 @@ def split_canvas(box: tuple[int, int, int, int], *, max_px: int, overlap: int) -
         if length <= max_px:
             return [(start, length)]
         n = math.ceil((length - overlap) / (max_px - overlap))
-        step = (length - max_px) / (n - 1)
-        return [(start + round(i * step), max_px) for i in range(n)]
+        size = math.ceil((length + (n - 1) * overlap) / n)  # n equal canvases overlapping by ``overlap``
+        step = (length - size) / (n - 1)
+        return [(start + round(i * step), size) for i in range(n)]
 
     return [(sx, sy, sw, sh) for sy, sh in axis(y, h) for sx, sw in axis(x, w)]
 
@@ -325,9 +355,11 @@ def stain_slide(slide: SlideReader, model: StainModel, out: Path, cfg: StainConf
         for ci, (_ri, (x, y, w, h)) in enumerate(canvases):
             u = slide.read_at_mpp((x * f, y * f), (w, h), out_mpp)
             xin = model.normalise(u)
-            outs = model.stain_canvas(xin, cfg, seed=(cfg.seed * 100_003 + ci) % 2**31)  # (K, 3, h, w)
+            tissue = _tissue_weight(mask, cfg, out_mpp=out_mpp, box=(x, y, w, h))
+            outs = model.stain_canvas(xin, cfg, seed=(cfg.seed * 100_003 + ci) % 2**31,
+                                      tissue=tissue if cfg.skip_glass else None)  # (K, 3, h, w)
             mean = ((outs.mean(0).permute(1, 2, 0).float().cpu().numpy() + 1) * 127.5).clip(0, 255)
-            glass = 1 - _tissue_weight(mask, cfg, out_mpp=out_mpp, box=(x, y, w, h))
+            glass = 1 - tissue
             mean = mean * (1 - glass[..., None]) + 255 * glass[..., None]  # glass inside a region's box: white
             _blend_into(rgb, mean, (x, y), done_boxes, blend)
             if std is not None:
@@ -386,6 +418,15 @@ def _tissue_weight(mask: np.ndarray, cfg: StainConfig, *, out_mpp: float, box: t
     m = cv2.remap(grown.astype(np.float32), gx, gy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     sigma = max(1.0, cfg.region_margin_px / 4)
     return np.clip(cv2.GaussianBlur(m, (0, 0), sigma) * 1.5, 0, 1)
+
+
+def _with_tissue(positions: list[tuple[int, int]], win: tuple[int, int], near: np.ndarray | None
+                 ) -> list[tuple[int, int]]:
+    """The windows that touch ``near`` (all of them without a map)."""
+    if near is None:
+        return positions
+    keep = [(y, x) for y, x in positions if near[y : y + win[0], x : x + win[1]].any()]
+    return keep or positions
 
 
 def _clip(box, w, h):

@@ -242,3 +242,25 @@ def test_tiled_decoding_changes_channel_count_like_a_decoder():
         return torch.nn.functional.interpolate(t[:, :3] + t[:, 3:], scale_factor=2, mode="nearest")
 
     torch.testing.assert_close(decode_tiled(dec, z, tile=16, overlap=4, scale=2), dec(z), rtol=0, atol=1e-6)
+
+
+
+def test_movable_windows_let_the_borders_move_where_the_cheapest_window_pins_them():
+    """axis_window's cheapest window can cover a length exactly (no spare overlap): every jittered
+    layout is then the same and the borders stay put. ``movable`` takes a window with room instead
+    when one costs at most 5 % more: the pinned lengths become rare and the cost barely moves."""
+    def layouts(n, w):
+        return len({tuple(window_starts(n, window=w, overlap=4, jitter_seed=s)) for s in range(8)})
+
+    lengths = [n for n in range(110, 1200) if len(window_starts(n, window=axis_window(
+        n, window=32, overlap=4, multiple=4), overlap=4)) > 2]
+    pinned = {mv: [n for n in lengths if layouts(n, axis_window(n, window=32, overlap=4, multiple=4, movable=mv)) == 1]
+              for mv in (False, True)}
+    assert len(pinned[True]) < len(pinned[False]) / 1.5
+    moved = sorted(set(pinned[False]) - set(pinned[True]))
+    assert moved and layouts(moved[0], axis_window(moved[0], window=32, overlap=4, multiple=4, movable=True)) >= 3
+    for n in lengths[::37]:
+        plain, mv = (axis_window(n, window=32, overlap=4, multiple=4, movable=m) for m in (False, True))
+        assert _axis_ratio(n, window=32, overlap=4, multiple=4) * 1.05 >= len(window_starts(
+            n, window=mv, overlap=4)) * mv / n - 1e-9
+        assert mv % 4 == 0 and 32 <= mv <= 48 and plain % 4 == 0

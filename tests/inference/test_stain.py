@@ -309,3 +309,27 @@ def test_stain_canvas_returns_the_input_size_in_range(ldm, baseline, size_hw):
         assert out.shape == (2, 3, *size_hw) and torch.isfinite(out).all()
         assert float(out.min()) >= -1 and float(out.max()) <= 1
         assert torch.equal(out[0], out[1]) == (model is baseline)  # ldm: two samples, two noises
+
+
+@pytest.mark.parametrize("kind", ["ldm", "baseline"])
+def test_windows_far_from_tissue_are_skipped_and_tissue_is_stained_the_same(ldm, baseline, kind):
+    """Background skipping: with a tissue map, windows farther than SKIP_MARGIN_PX from tissue are not
+    run through the network (fewer evaluations), and the tissue's pixels come out as without skipping."""
+    model = ldm if kind == "ldm" else baseline
+    x = torch.rand((1, 2, 256, 512), generator=torch.Generator().manual_seed(1)) * 2 - 1
+    tissue = np.zeros((256, 512), np.float32)
+    tissue[40:120, 30:130] = 1  # a piece in the top-left corner of a wide canvas
+    seen = []
+    hook = model.net.register_forward_hook(lambda _m, args, _out: seen.append(int(args[0].shape[0])))
+    try:
+        cfg = StainConfig(steps=2)
+        full = model.stain_canvas(x, cfg, seed=0)
+        n_full = sum(seen)
+        seen.clear()
+        skip = model.stain_canvas(x, cfg, seed=0, tissue=tissue)
+        n_skip = sum(seen)
+    finally:
+        hook.remove()
+    assert 0 < n_skip < 0.6 * n_full
+    piece = (slice(None), slice(None), slice(40, 120), slice(30, 130))
+    assert float((full[piece] - skip[piece]).abs().max()) < 0.02
