@@ -164,21 +164,31 @@ def _brightfield_feature(img: np.ndarray):
 
 
 def _fluorescence_feature(img: np.ndarray):
-    x = img.astype(np.float32)
-    channels = []
-    for c in range(x.shape[2]):
-        lo, hi = np.percentile(x[..., c], [2, 99.8])
-        channels.append(np.clip((x[..., c] - lo) / max(hi - lo, 1e-6), 0, 1))
-    total = filters.gaussian(np.mean(channels, axis=0), 1.0)
-    bg = total[total <= np.percentile(total, 50)]
+    # float32 throughout, channels summed in place: a whole-slide mask is the largest array
+    # staining holds, so its bytes per pixel set how memory grows with the slide.
+    total = np.zeros(img.shape[:2], np.float32)
+    k = max(1, math.isqrt(total.size // 1_000_000))  # percentiles from about a million pixels
+    for c in range(img.shape[2]):
+        x = img[..., c].astype(np.float32)
+        lo, hi = np.percentile(x[::k, ::k], [2, 99.8])
+        x -= lo
+        x *= 1 / max(float(hi - lo), 1e-6)
+        np.clip(x, 0, 1, out=x)
+        total += x
+        del x
+    total /= img.shape[2]
+    total = filters.gaussian(total, 1.0, preserve_range=True).astype(np.float32, copy=False)
+    bg = total[total <= np.percentile(total[::k, ::k], 50)]
     noise = max(1.4826 * float(np.median(np.abs(bg - np.median(bg)))), 1e-3)
-    feature = (total - float(np.median(bg))) / noise
-    return feature, 5.0, np.zeros(total.shape, bool)
+    total -= float(np.median(bg))
+    total /= noise
+    return total, 5.0, np.zeros(total.shape, bool)
 
 
 # ---------------------------------------------------------------------------------------------
 def _threshold(feature: np.ndarray, *, floor: float, sensitivity: float) -> np.ndarray:
-    values = feature[np.isfinite(feature)]
+    finite = np.isfinite(feature)
+    values = feature.ravel() if finite.all() else feature[finite]
     if values.size == 0 or float(values.max() - values.min()) < 1e-9:
         return np.zeros(feature.shape, bool)
     t = filters.threshold_otsu(values)
