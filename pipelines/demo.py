@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         stage(f"stain {kind}", ["stain", str(sample / "unstained.tiff"), "--checkpoint", str(models[kind]),
                                 "--out", str(stained / kind), "--steps", str(steps["stain"]),
                                 "--device", args.device])
-    # Exit 1 = some cores could not be evaluated; the report says which, and so does the summary.
+    # Exit 1 = some cores could not be evaluated: evaluate printed which, and the report lists them.
     stage("evaluate", ["evaluate", "--pred", str(stained / "ldm"), "--baseline", str(stained / "baseline"),
                        "--store", str(store), "--out", str(report), "--device", args.device], ok=(0, 1))
     if args.export is not None:
