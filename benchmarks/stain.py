@@ -14,7 +14,7 @@ its own mpp (1 µm/px for the demo model: a quarter of the input pixels).
     grid, on its last step's window edges and on its decode tiles. Goal ≤ 1.05.
 (2) Overlap cost: latent pixels the network evaluated (counted in ``fuse_windows``) per region
     latent pixel per step; 1 is the non-overlapping minimum. Goal ≤ 1.3. Also by region size,
-    from the same arithmetic as ``stain_slide`` (``split_canvas``, ``StainModel.ldm_windows``).
+    from the same arithmetic as ``stain_slide`` (``region_canvases``, ``StainModel.ldm_windows``).
 (3) Background skipping: CPU seconds (one torch thread, ``--threads``) of ``stain_slide`` on a
     slide with 25% tissue (cores) ÷ the same size fully covered. Goal ≤ 0.35.
 (4) Peak RSS of ``stainldm stain --steps 1`` (memory does not depend on the steps) on 5000²,
@@ -56,14 +56,7 @@ from _util import (
 import stainldm.inference.stain as stain_mod
 from stainldm.eval.metrics import seam_score
 from stainldm.inference.canvas import evaluations_per_pixel, window_grid
-from stainldm.inference.stain import (
-    CANVAS_BLEND_PX,
-    StainConfig,
-    StainModel,
-    split_canvas,
-    stain_slide,
-    tissue_regions,
-)
+from stainldm.inference.stain import StainConfig, StainModel, region_canvases, stain_slide, tissue_regions
 from stainldm.wsi.reader import open_slide
 from stainldm.wsi.writer import write_pyramid
 
@@ -243,7 +236,7 @@ def overlap_by_size(model: StainModel, cfg: StainConfig, side: int) -> tuple[int
     """Sub-canvases and window px per latent px of a square region of ``side`` output px, with the
     arithmetic of ``stain_slide`` / ``stain_canvas`` (split, pad to the UNet's multiple, windows)."""
     f, unit = model.f, model.f * model.multiple
-    canvases = split_canvas((0, 0, side, side), max_px=cfg.max_canvas_px, overlap=CANVAS_BLEND_PX)
+    canvases = region_canvases([(0, 0, side, side)], (side, side), cfg)
     total = 0.0
     for _x, _y, w, h in canvases:
         hw = tuple(max(math.ceil(n / unit) * unit, model.tile_px) // f for n in (h, w))
@@ -357,7 +350,7 @@ def report(res: dict[str, Any], model: StainModel, cfg: StainConfig) -> None:
           f"tiles). Counted in fuse_windows: full slide {runs['full']['overlap_cost']:.3f}, 25% slide (350 µm "
           f"cores) {runs['cores']['overlap_cost']:.3f}; goal <= {GOAL_OVERLAP}: {_ok(cost <= GOAL_OVERLAP)}. Distinct "
           f"window layouts per canvas in {cfg.steps} steps: full {runs['full']['layouts']:.1f}, 25% "
-          f"{runs['cores']['layouts']:.1f}. By square region side, from split_canvas / ldm_windows / "
+          f"{runs['cores']['layouts']:.1f}. By square region side, from region_canvases / ldm_windows / "
           f"evaluations_per_pixel as stain_slide uses them:")
     print(table(["region side px", "sub-canvases", "overlap cost"], [[s, n, f"{c:.3f}"] for s, n, c in res["overlap_by_size"]]))
     side, n, worst = max(res["overlap_by_size"], key=lambda r: r[2])

@@ -84,7 +84,7 @@ def export_models(runs: dict[str, Path], dest: Path, evaluation: Path | None) ->
     import torch
     from safetensors.torch import load, save
 
-    from stainldm.train.checkpoint import atomic_write_bytes
+    from stainldm.files import atomic_write_bytes
 
     for kind, run in runs.items():
         out = dest / kind

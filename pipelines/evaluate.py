@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import math
@@ -22,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.stain import output_name
 from stainldm.errors import InputError, StainLDMError
+from stainldm.files import atomic_write_text
 
 log = logging.getLogger("stainldm.evaluate")
 
@@ -138,13 +141,6 @@ class Method:
         return next(iter(self.provenance.values()), self.folder_meta)
 
 
-def output_stem(path: Path) -> str:
-    """The name ``stainldm stain`` gives the output of a slide (see pipelines/stain.py)."""
-    from pipelines.stain import output_name
-
-    return output_name(path)
-
-
 def read_prediction_dir(folder: Path, unstained: dict[str, Path], *, flag: str = "--pred"
                         ) -> tuple[dict[str, Path], dict[str, dict], dict]:
     """Maps each slide_id to its stained TIFF in ``folder`` (by the provenance's input path, else by
@@ -176,8 +172,8 @@ def read_prediction_dir(folder: Path, unstained: dict[str, Path], *, flag: str =
         want = os.path.abspath(upath)
         hit = next((t for t, m in by_input.items() if m.get("input") and os.path.abspath(m["input"]) == want), None)
         if hit is None:
-            names = {output_stem(upath), sid}
-            hit = next((t for t in tiffs if output_stem(t) in names), None)
+            names = {output_name(upath), sid}
+            hit = next((t for t in tiffs if output_name(t) in names), None)
         if hit is not None:
             slides[sid], prov[sid] = hit, by_input[hit]
     return slides, prov, next((m for m in by_input.values() if m), {})
@@ -281,7 +277,7 @@ class PredictionSlide:
         if abs(have[0] - want[0]) > tol or abs(have[1] - want[1]) > tol:
             raise InputError(f"{path}: covers {have[0]:.0f}×{have[1]:.0f} µm but its unstained slide covers "
                              f"{want[0]:.0f}×{want[1]:.0f} µm; it was made from another (or cropped) slide")
-        unc = path.with_name(f"{output_stem(path)}.uncertainty.tiff")
+        unc = path.with_name(f"{output_name(path)}.uncertainty.tiff")
         self.uncertainty = open_slide(unc, mpp=self.mpp) if unc.is_file() else None
 
     @property
@@ -315,7 +311,7 @@ def stitch_borders(pred: PredictionSlide, slide, store_tile_px: int) -> tuple[li
     every ``tile_px`` (the model's tile) from each canvas origin, plus the sub-canvas edges; in
     prediction level-0 px. Empty when the provenance does not record the stain config."""
     from stainldm.config import from_dict
-    from stainldm.inference.stain import StainConfig, split_canvas, tissue_regions
+    from stainldm.inference.stain import StainConfig, region_canvases, tissue_regions
 
     cfg_dict = pred.meta.get("stain_config")
     if not isinstance(cfg_dict, dict):
@@ -327,14 +323,10 @@ def stitch_borders(pred: PredictionSlide, slide, store_tile_px: int) -> tuple[li
     except (KeyError, OSError, ValueError, TypeError):
         pass
     regions, _ = tissue_regions(slide, cfg, out_mpp=pred.mpp)
-    w_out, h_out = pred.reader.dimensions
     xs, ys = [], []
-    for box in regions:
-        x0, y0 = max(0, box[0]), max(0, box[1])
-        clipped = (x0, y0, min(w_out, box[0] + box[2]) - x0, min(h_out, box[1] + box[3]) - y0)
-        for x, y, w, h in split_canvas(clipped, max_px=cfg.max_canvas_px, overlap=64):
-            xs += [x + k * tile for k in range(1, math.ceil(w / tile))] + [x, x + w]
-            ys += [y + k * tile for k in range(1, math.ceil(h / tile))] + [y, y + h]
+    for x, y, w, h in region_canvases(regions, pred.reader.dimensions, cfg):
+        xs += [x + k * tile for k in range(1, math.ceil(w / tile))] + [x, x + w]
+        ys += [y + k * tile for k in range(1, math.ceil(h / tile))] + [y, y + h]
     return sorted(set(xs)), sorted(set(ys))
 
 
@@ -591,14 +583,13 @@ def _row(method: str, sid: str, core: str, status: str, tissue: np.ndarray | Non
 
 
 def write_metrics_csv(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["method", "slide_id", "core", "status", "tissue_px", *CSV_METRICS])
-        for r in rows:
-            w.writerow([r["method"], r["slide_id"], r["core"], r["status"], r["tissue_px"],
-                        *("" if not math.isfinite(r[k]) else f"{r[k]:.6g}" for k in CSV_METRICS)])
-    tmp.replace(path)
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(["method", "slide_id", "core", "status", "tissue_px", *CSV_METRICS])
+    for r in rows:
+        w.writerow([r["method"], r["slide_id"], r["core"], r["status"], r["tissue_px"],
+                    *("" if not math.isfinite(r[k]) else f"{r[k]:.6g}" for k in CSV_METRICS)])
+    atomic_write_text(path, buf.getvalue())
 
 
 def _line(exc: Exception) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from stainldm.eval.metrics import HIGHER_IS_BETTER, bootstrap_ci, paired_difference
+from stainldm.files import atomic_write_text
 
 # Metrics of the summary table, in order: (key, label, better). Ranking uses the first six.
 SUMMARY_METRICS = (
@@ -392,9 +393,7 @@ def write_metrics_json(path: Path, summary: dict, context: ReportContext) -> Non
             "comparisons": summary["comparisons"], "verdicts": verdict_lines(summary),
             "fid_kid": context.fid, "fid_note": context.fid_note, "methods": context.methods,
             "errors": context.errors, "versions": versions(), "definitions": DEFINITIONS}
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(_finite(data), indent=1, default=str))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(_finite(data), indent=1, default=str))
 
 
 def _finite(v):
@@ -484,9 +483,7 @@ def write_report(out: Path, *, rows: list[dict], summary: dict, gallery: list[di
                                                         for k, v in DEFINITIONS.items()) + "</table>")
     parts.append(f"<script>{LOAD_SCRIPT}</script></body></html>")
     path = out / "report.html"
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, "\n".join(parts))
     return path
 
 

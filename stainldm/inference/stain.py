@@ -304,6 +304,14 @@ def split_canvas(box: tuple[int, int, int, int], *, max_px: int, overlap: int) -
     return [(sx, sy, sw, sh) for sy, sh in axis(y, h) for sx, sw in axis(x, w)]
 
 
+def region_canvases(regions: list[tuple[int, int, int, int]], size_wh: tuple[int, int], cfg: StainConfig
+                    ) -> list[tuple[int, int, int, int]]:
+    """The canvases ``stain_slide`` samples, in order: each region clipped to the ``(w, h)`` output,
+    split into sub-canvases of at most ``cfg.max_canvas_px`` that cross-fade over ``CANVAS_BLEND_PX``."""
+    return [c for box in regions
+            for c in split_canvas(_clip(box, *size_wh), max_px=cfg.max_canvas_px, overlap=CANVAS_BLEND_PX)]
+
+
 @dataclass
 class StainResult:
     output: Path
@@ -346,13 +354,11 @@ def stain_slide(slide: SlideReader, model: StainModel, out: Path, cfg: StainConf
                                 dtype="uint8", fill_value=255)
         std = zarr.create_array(str(work / "std.zarr"), shape=(out_h, out_w, 1), chunks=(512, 512, 1),
                                 dtype="float32", fill_value=0.0) if cfg.samples > 1 else None
-        blend = CANVAS_BLEND_PX
-        canvases = [(ri, c) for ri, box in enumerate(regions)
-                    for c in split_canvas(_clip(box, out_w, out_h), max_px=cfg.max_canvas_px, overlap=blend)]
+        canvases = region_canvases(regions, (out_w, out_h), cfg)
         if progress is not None:
             progress.reset(total=len(canvases))
         done_boxes: list[tuple[int, int, int, int]] = []
-        for ci, (_ri, (x, y, w, h)) in enumerate(canvases):
+        for ci, (x, y, w, h) in enumerate(canvases):
             u = slide.read_at_mpp((x * f, y * f), (w, h), out_mpp)
             xin = model.normalise(u)
             tissue = _tissue_weight(mask, cfg, out_mpp=out_mpp, box=(x, y, w, h))
@@ -361,7 +367,7 @@ def stain_slide(slide: SlideReader, model: StainModel, out: Path, cfg: StainConf
             mean = ((outs.mean(0).permute(1, 2, 0).float().cpu().numpy() + 1) * 127.5).clip(0, 255)
             glass = 1 - tissue
             mean = mean * (1 - glass[..., None]) + 255 * glass[..., None]  # glass inside a region's box: white
-            _blend_into(rgb, mean, (x, y), done_boxes, blend)
+            _blend_into(rgb, mean, (x, y), done_boxes, CANVAS_BLEND_PX)
             if std is not None:
                 sd = (outs.float().std(0).mean(0) * 127.5).cpu().numpy()[..., None]  # uint8 units
                 sd = sd * (1 - glass[..., None])  # white glass is certain, as the output shows it

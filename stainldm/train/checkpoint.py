@@ -17,19 +17,10 @@ import torch
 from torch import nn
 
 from stainldm.errors import CheckpointError
-from stainldm.files import sha256_file
+from stainldm.files import atomic_write_bytes, sha256_file
 
 MODEL_FORMAT = "stainldm-model/1"
 KINDS = ("autoencoder", "ldm", "baseline")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def save_weights(module: nn.Module, path: Path) -> None:
