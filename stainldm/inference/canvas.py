@@ -135,27 +135,35 @@ def evaluations_per_pixel(size_hw: tuple[int, int], *, window: tuple[int, int], 
     return n * min(window[0], h) * min(window[1], w) / (h * w)
 
 
-def decode_tiled(decode: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, *, tile: int, overlap: int,
-                 scale: int) -> torch.Tensor:
+def decode_tiled(decode: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, *, tile: tuple[int, int] | int,
+                 overlap: int, scale: int, keep: torch.Tensor | None = None, batch: int = 1) -> torch.Tensor:
     """Decodes a latent canvas ``(1, C, h, w)`` in overlapping tiles blended with smooth weights.
 
     Args:
-        decode: latent tile -> image tile (``scale`` × larger).
-        tile, overlap: latent tile edge and overlap.
+        decode: latent tiles ``(b, C, th, tw)`` -> image tiles (``scale`` × larger).
+        tile, overlap: latent tile size ``(th, tw)`` (or one edge) and overlap.
         scale: image pixels per latent pixel.
+        keep: optional ``(h, w)`` bool map; tiles with no ``True`` in it are not decoded, and the
+            pixels that only they cover come back as 0 (the caller paints them, e.g. as glass).
+        batch: tiles per ``decode`` call (all tiles have one size).
     """
     h, w = z.shape[-2:]
-    weight = window_weight(tile * scale, overlap=overlap * scale, device=z.device)
-    out = None
-    norm = None
-    for y, x in window_grid((h, w), window=tile, overlap=overlap):
-        th, tw = min(tile, h), min(tile, w)
-        img = decode(z[:, :, y : y + th, x : x + tw]).to(torch.float32)  # (1, 3, th*scale, tw*scale)
-        if out is None:
-            out = torch.zeros((1, img.shape[1], h * scale, w * scale), device=z.device)
-            norm = torch.zeros((1, 1, h * scale, w * scale), device=z.device)
-        wt = weight[: th * scale, : tw * scale]
-        ys, xs = y * scale, x * scale
-        out[:, :, ys : ys + th * scale, xs : xs + tw * scale] += img * wt
-        norm[:, :, ys : ys + th * scale, xs : xs + tw * scale] += wt
+    ty, tx = (tile, tile) if isinstance(tile, int) else tile
+    th, tw = min(ty, h), min(tx, w)
+    weight = window_weight((th * scale, tw * scale), overlap=overlap * scale, device=z.device)
+    starts = [(y, x) for y, x in window_grid((h, w), window=(ty, tx), overlap=overlap)
+              if keep is None or bool(keep[y : y + th, x : x + tw].any())]
+    out = torch.zeros((1, 0, h * scale, w * scale), device=z.device)
+    norm = torch.zeros((1, 1, h * scale, w * scale), device=z.device)
+    for i in range(0, len(starts), batch):
+        chunk = starts[i : i + batch]
+        imgs = decode(torch.cat([z[:, :, y : y + th, x : x + tw] for y, x in chunk])).to(torch.float32)
+        if out.shape[1] == 0:
+            out = torch.zeros((1, imgs.shape[1], h * scale, w * scale), device=z.device)
+        for img, (y, x) in zip(imgs, chunk, strict=True):
+            ys, xs = y * scale, x * scale
+            out[0, :, ys : ys + th * scale, xs : xs + tw * scale] += img * weight
+            norm[0, :, ys : ys + th * scale, xs : xs + tw * scale] += weight
+    if out.shape[1] == 0:  # nothing to decode
+        out = torch.zeros((1, 3, h * scale, w * scale), device=z.device)
     return out / norm.clamp_min(1e-8)

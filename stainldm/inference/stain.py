@@ -50,6 +50,10 @@ class StainConfig:
         batch_size: windows per network call.
         overlap_px: least overlap of neighbouring windows, in output pixels.
         max_canvas_px: largest canvas edge (output pixels) sampled at once (memory budget).
+        single_window_scale: an LDM canvas whose sides are at most this many training tiles is
+            sampled as one window: no overlap and no window borders (a TMA core, at the demo's
+            1 µm/px up to 384 px). Larger canvases use windows of 1–1.5 tiles: on a CPU, batches
+            of 3-tile windows stained a 1241 px canvas 16 % slower for 9 % fewer evaluations.
         tile_px: tile edge of the output TIFF.
         modality: tissue-detection model of the input (``auto`` guesses).
         tissue: tissue-detection parameters.
@@ -65,6 +69,7 @@ class StainConfig:
     batch_size: int = 8
     overlap_px: int = 16
     max_canvas_px: int = 2048
+    single_window_scale: float = 3.0
     tile_px: int = 256
     modality: str = "auto"
     region_margin_px: int = 16
@@ -81,6 +86,8 @@ def check_stain_config(cfg: StainConfig) -> None:
         raise InputError(f"--batch-size must be positive, got {cfg.batch_size}")
     if cfg.overlap_px < 0:
         raise InputError(f"--overlap must be 0 or more, got {cfg.overlap_px}")
+    if not 1.0 <= cfg.single_window_scale <= 8.0:
+        raise InputError(f"single_window_scale must be between 1 and 8 (training tiles), got {cfg.single_window_scale}")
     if cfg.max_canvas_px < 2 * CANVAS_BLEND_PX:
         raise InputError(f"max_canvas_px ({cfg.max_canvas_px}) must be at least {2 * CANVAS_BLEND_PX} "
                          f"(sub-canvases cross-fade over {CANVAS_BLEND_PX} px)")
@@ -169,18 +176,21 @@ class StainModel:
         if pad_h or pad_w:  # reflect (replicate when the canvas is too small to reflect)
             mode = "reflect" if pad_h < h and pad_w < w else "replicate"
             x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-        near = None
+        near = shown = None
         if tissue is not None:
             import cv2
 
             t = np.zeros(x.shape[-2:], bool)
             t[:h, :w] = tissue > 0
-            k = 2 * SKIP_MARGIN_PX + 1
-            near = cv2.dilate(t.view(np.uint8), np.ones((k, k), np.uint8)).astype(bool) if t.any() else None
+            if t.any():
+                k = 2 * SKIP_MARGIN_PX + 1
+                near = cv2.dilate(t.view(np.uint8), np.ones((k, k), np.uint8)).astype(bool)
+                shown = t
         if self.kind == "baseline":
             out = self._baseline_canvas(x, cfg, near=near).expand(cfg.samples, -1, -1, -1)
         else:
-            out = torch.cat([self._ldm_canvas(x, cfg, seed=seed * 1_000 + k, near=near) for k in range(cfg.samples)])
+            out = torch.cat([self._ldm_canvas(x, cfg, seed=seed * 1_000 + k, near=near, shown=shown)
+                             for k in range(cfg.samples)])
         return out[:, :, :h, :w]
 
     def _baseline_canvas(self, x: torch.Tensor, cfg: StainConfig, *, near: np.ndarray | None = None) -> torch.Tensor:
@@ -199,23 +209,34 @@ class StainModel:
     def ldm_windows(self, h: int, w: int, cfg: StainConfig) -> tuple[tuple[int, int], int]:
         """Window size ``(wy, wx)`` and overlap, in latent px, for an ``h × w`` latent canvas.
 
-        The overlap is ``cfg.overlap_px``. Windows up to 1.5× the training tile keep the cost near
-        its minimum, and among the cheapest the one that leaves spare overlap is taken, so that the
+        A canvas of at most ``cfg.single_window_scale`` tiles a side is one window. Otherwise the
+        overlap is ``cfg.overlap_px``; windows up to 1.5× the training tile keep the cost near its
+        minimum, and among the cheapest the one that leaves spare overlap is taken, so that the
         borders move at every step (the spare is redrawn) and never stay put
         (``benchmarks/stain.py``)."""
         tile = self.tile_px // self.f
         overlap = max(1, math.ceil(cfg.overlap_px / self.f))
-        win = (axis_window(h, window=tile, overlap=overlap, multiple=self.multiple, movable=True),
-               axis_window(w, window=tile, overlap=overlap, multiple=self.multiple, movable=True))
+        if max(h, w) <= cfg.single_window_scale * tile:
+            return (h, w), overlap
+        win = tuple(axis_window(n, window=tile, overlap=overlap, multiple=self.multiple, movable=True) for n in (h, w))
         return win, overlap
 
-    def _ldm_canvas(self, x: torch.Tensor, cfg: StainConfig, *, seed: int, near: np.ndarray | None = None
-                    ) -> torch.Tensor:
+    def decode_tiles(self, h: int, w: int) -> tuple[tuple[int, int], int]:
+        """Decode tile size ``(th, tw)`` and overlap, in latent px, for an ``h × w`` latent canvas:
+        the fewest tiles of 1–1.5× the training tile (the decoder's attention, when it has one,
+        grows with the square of the tile's area)."""
+        tile = max(self.tile_px // self.f, 16)
+        overlap = max(2, tile // 8)
+        return tuple(axis_window(n, window=tile, overlap=overlap) for n in (h, w)), overlap
+
+    def _ldm_canvas(self, x: torch.Tensor, cfg: StainConfig, *, seed: int, near: np.ndarray | None = None,
+                    shown: np.ndarray | None = None) -> torch.Tensor:
+        """One sample of a padded canvas. ``near``: pixels whose windows must run (tissue and a
+        margin); ``shown``: pixels the caller keeps (tissue weight > 0), the only ones decoded."""
         from stainldm.diffusion.samplers import sample as run_sampler
 
         ldm, f = self.net, self.f
         h, w = x.shape[-2] // f, x.shape[-1] // f
-        tile = self.tile_px // f
         win, overlap = self.ldm_windows(h, w, cfg)
         near_z = None if near is None else near.reshape(h, f, w, f).any(axis=(1, 3))  # latent px near tissue
         weight = window_weight(win, overlap=overlap, device=x.device)
@@ -252,8 +273,16 @@ class StainModel:
         noise = torch.randn((1, ldm.latent_channels, h, w), generator=g, device=x.device)
         kwargs = {"eta": cfg.eta} if cfg.sampler == "ddim" else {}
         z0 = run_sampler(cfg.sampler, model_fn, ldm.schedule, noise, steps=cfg.steps, generator=g, **kwargs)
-        return decode_tiled(lambda zt: self.ae.decode(zt / self.latent_scale), z0, tile=max(tile, 16),
-                            overlap=max(2, tile // 8), scale=f).clamp(-1, 1)
+        keep = None if shown is None else torch.from_numpy(shown.reshape(h, f, w, f).any(axis=(1, 3)))
+        dec_tile, dec_overlap = self.decode_tiles(h, w)
+        return decode_tiled(lambda zt: self.ae.decode(zt / self.latent_scale), z0, tile=dec_tile,
+                            overlap=dec_overlap, scale=f, keep=keep, batch=self._decode_batch(cfg)).clamp(-1, 1)
+
+    def _decode_batch(self, cfg: StainConfig) -> int:
+        """Decode tiles per call: ``batch_size`` on a GPU; one on a CPU, where the decoder's
+        full-resolution activations make batches slower per pixel (8 tiles of 80² latent px: 83 µs
+        per latent px against 50 µs one at a time, demo model, one thread)."""
+        return cfg.batch_size if self.device.type == "cuda" else 1
 
 
 # ---------------------------------------------------------------------------------------------

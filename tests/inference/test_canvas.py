@@ -235,6 +235,33 @@ def test_tiled_decoding_of_an_upsampler_reproduces_the_upsampled_latent(size, ti
     assert len(tiles) - 1 == len(window_grid(size, window=tile, overlap=overlap))
 
 
+
+def test_tiled_decoding_skips_tiles_away_from_keep_batches_and_keeps_the_kept_pixels():
+    z = torch.randn((1, 3, 40, 72), generator=torch.Generator().manual_seed(2))
+    calls = []
+
+    def up(t):
+        calls.append(int(t.shape[0]))
+        return torch.nn.functional.interpolate(t, scale_factor=2, mode="nearest")
+
+    full = decode_tiled(up, z, tile=(16, 20), overlap=4, scale=2)
+    torch.testing.assert_close(full, up(z), rtol=0, atol=1e-6)
+    calls.clear()
+    keep = torch.zeros((40, 72), dtype=torch.bool)
+    keep[5:10, 5:10] = True  # the top-left corner only
+    part = decode_tiled(up, z, tile=(16, 20), overlap=4, scale=2, keep=keep, batch=3)
+    grid = window_grid((40, 72), window=(16, 20), overlap=4)
+    wanted = [(y, x) for y, x in grid if keep[y : y + 16, x : x + 20].any()]
+    assert 0 < len(wanted) < len(grid) and sum(calls) == len(wanted) and max(calls) <= 3
+    torch.testing.assert_close(part[..., :32, :40], full[..., :32, :40], rtol=0, atol=1e-6)  # kept: unchanged
+    assert (part[..., -8:, -8:] == 0).all()  # covered by skipped tiles only: left for the caller
+    batched = decode_tiled(up, z, tile=(16, 20), overlap=4, scale=2, batch=4)
+    torch.testing.assert_close(batched, full, rtol=0, atol=1e-6)
+    calls.clear()
+    none = decode_tiled(up, z, tile=16, overlap=4, scale=2, keep=torch.zeros((40, 72), dtype=torch.bool))
+    assert calls == [] and none.shape == (1, 3, 80, 144) and (none == 0).all()
+
+
 def test_tiled_decoding_changes_channel_count_like_a_decoder():
     z = torch.randn(1, 4, 40, 40)
 

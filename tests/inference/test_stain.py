@@ -207,7 +207,8 @@ def test_a_slide_without_mpp_is_an_input_error(baseline, stain_slides, tmp_path)
 
 @pytest.mark.parametrize(("field", "value", "message"), [("steps", 0, "--steps"), ("samples", 0, "--samples"),
                                                          ("batch_size", 0, "--batch-size"), ("overlap_px", -1, "--overlap"),
-                                                         ("max_canvas_px", 32, "max_canvas_px")])
+                                                         ("max_canvas_px", 32, "max_canvas_px"),
+                                                         ("single_window_scale", 0.5, "single_window_scale")])
 def test_bad_stain_config_is_an_input_error(baseline, stain_slides, tmp_path, field, value, message):
     with open_slide(stain_slides["a"]) as s, pytest.raises(InputError, match=message):
         stain_slide(s, baseline, tmp_path / "o.tiff", StainConfig(**{field: value}))
@@ -311,25 +312,54 @@ def test_stain_canvas_returns_the_input_size_in_range(ldm, baseline, size_hw):
         assert torch.equal(out[0], out[1]) == (model is baseline)  # ldm: two samples, two noises
 
 
+def test_a_canvas_of_a_few_tiles_is_one_window_and_a_larger_one_several(ldm):
+    """single_window_scale: a canvas (a TMA core) up to that many training tiles a side is sampled as
+    one window, with no overlap and no borders; above it, windows of 1–1.5 tiles."""
+    tile, unit = ldm.tile_px // ldm.f, ldm.multiple
+    cfg = StainConfig(steps=2)
+    side = int(cfg.single_window_scale * tile) // unit * unit
+    assert ldm.ldm_windows(side, tile, cfg)[0] == (side, tile)
+    (wy, wx), _ = ldm.ldm_windows(side + unit, tile, cfg)
+    assert tile <= wy <= 1.5 * tile and wx == tile
+    assert ldm.ldm_windows(side, side, StainConfig(single_window_scale=1))[0][0] <= 1.5 * tile
+    shapes = []
+    hook = ldm.net.register_forward_hook(lambda _m, args, _out: shapes.append(tuple(args[0].shape)))
+    try:
+        x = torch.rand((1, 2, side * ldm.f, 2 * tile * ldm.f), generator=torch.Generator().manual_seed(3)) * 2 - 1
+        out = ldm.stain_canvas(x, cfg, seed=0)
+    finally:
+        hook.remove()
+    assert shapes == [(1, ldm.net.latent_channels, side, 2 * tile)] * 2  # 2 steps, one whole-canvas window each
+    assert out.shape == (1, 3, *x.shape[-2:]) and torch.isfinite(out).all()
+
+
 @pytest.mark.parametrize("kind", ["ldm", "baseline"])
 def test_windows_far_from_tissue_are_skipped_and_tissue_is_stained_the_same(ldm, baseline, kind):
     """Background skipping: with a tissue map, windows farther than SKIP_MARGIN_PX from tissue are not
-    run through the network (fewer evaluations), and the tissue's pixels come out as without skipping."""
+    run through the network (fewer evaluations), the LDM decodes only tiles under tissue, and the
+    tissue's pixels come out as without skipping."""
     model = ldm if kind == "ldm" else baseline
     x = torch.rand((1, 2, 256, 512), generator=torch.Generator().manual_seed(1)) * 2 - 1
     tissue = np.zeros((256, 512), np.float32)
     tissue[40:120, 30:130] = 1  # a piece in the top-left corner of a wide canvas
-    seen = []
+    seen, decoded = [], []
     hook = model.net.register_forward_hook(lambda _m, args, _out: seen.append(int(args[0].shape[0])))
+    if model.ae is not None:
+        decode = model.ae.decode
+        model.ae.decode = lambda z: (decoded.append(z.shape[0] * z.shape[-2] * z.shape[-1]), decode(z))[1]
     try:
         cfg = StainConfig(steps=2)
         full = model.stain_canvas(x, cfg, seed=0)
-        n_full = sum(seen)
-        seen.clear()
+        n_full, d_full = sum(seen), sum(decoded)
+        seen.clear(), decoded.clear()
         skip = model.stain_canvas(x, cfg, seed=0, tissue=tissue)
-        n_skip = sum(seen)
+        n_skip, d_skip = sum(seen), sum(decoded)
     finally:
         hook.remove()
+        if model.ae is not None:
+            del model.ae.decode  # back to the class's method
     assert 0 < n_skip < 0.6 * n_full
+    if model.ae is not None:  # latent px decoded
+        assert 0 < d_skip < 0.6 * d_full
     piece = (slice(None), slice(None), slice(40, 120), slice(30, 130))
     assert float((full[piece] - skip[piece]).abs().max()) < 0.02
