@@ -11,12 +11,16 @@ its own mpp (1 µm/px for the demo model: a quarter of the input pixels).
     the anchor, the naive path: non-overlapping training tiles of the same corner, each sampled
     on its own (``stain_canvas`` per tile, same model, sampler, steps) and stitched; both before
     JPEG. The fused windows should move at every step, so the fused output is scored on the naive
-    grid, on its last step's window edges and on its decode tiles. Goal ≤ 1.05.
+    grid, on its last step's window edges and on its decode tiles. Goal ≤ 1.05. The decoder
+    upsamples f×, which leaves a weak f-px grid everywhere that every border lies on; so each is
+    also scored against the other latent-pixel boundaries only (``seam_score(period=f)``).
 (2) Overlap cost: latent pixels the network evaluated (counted in ``fuse_windows``) per region
     latent pixel per step; 1 is the non-overlapping minimum. Goal ≤ 1.3. Also by region size,
-    from the same arithmetic as ``stain_slide`` (``region_canvases``, ``StainModel.ldm_windows``).
+    from the same arithmetic as ``stain_slide`` (``region_canvases``, ``StainModel.ldm_windows``),
+    and the worst over a sweep of sides (``SWEEP``). Latent px decoded per region latent px beside it.
 (3) Background skipping: CPU seconds (one torch thread, ``--threads``) of ``stain_slide`` on a
-    slide with 25% tissue (cores) ÷ the same size fully covered. Goal ≤ 0.35.
+    slide with 25% tissue (cores) ÷ the same size fully covered, the fastest of ``REPEATS`` runs
+    of each, alternating. Goal ≤ 0.35.
 (4) Peak RSS of ``stainldm stain --steps 1`` (memory does not depend on the steps) on 5000²,
     10000², 20000² px TMA-like inputs, each in a fresh process (its VmHWM). Goal < 4 GB and flat.
 (5) Seconds per tissue megapixel (model mpp) at 10 NFE (dpmpp_2m), from (3)'s full slide, against
@@ -69,6 +73,8 @@ SEAM_TILES = 9  # (1): naive tiles per side (1152 px of the 1241 px full slide)
 RSS_SIDES = (5000, 10000, 20000)
 RSS_PITCH = 6 * CORE_PX  # (4): TMA-like, 2% tissue, so that the 20000² run stays affordable on a CPU
 REGION_SIDES = (382, 1024, 1241, 2048, 2100, 2500, 5000, 10000)  # (2): 382 = one core + margins
+SWEEP = (*range(128, 2100, 13), *range(2100, 12000, 97))  # (2): region sides from one training tile up
+REPEATS = 2  # (3): runs of each slide, alternating; the fastest counts
 GOAL_SEAM, GOAL_OVERLAP, GOAL_BG, GOAL_RSS, FLAT = 1.05, 1.3, 0.35, 4 << 30, 1.1
 
 
@@ -115,11 +121,12 @@ def make_slide(path: Path, tex: tuple, side: int, pitch: int | None) -> Path:
 # ---------------------------------------------------------------------------------------------
 class Recorder:
     """Wraps ``fuse_windows`` and ``decode_tiled`` as stain.py calls them, and ``model.stain_canvas``:
-    counts the latent pixels evaluated, keeps every step's window starts, the last canvas's decode
-    tiles and its output before JPEG."""
+    counts the latent pixels evaluated and decoded, keeps every step's window starts, the last
+    canvas's decode tiles and its output before JPEG."""
 
     def __init__(self, model: StainModel):
         self.model, self.window_px, self.layouts, self.decode, self.canvas = model, 0, [], None, None
+        self.decoded_px = 0  # latent px through the decoder
 
     def __enter__(self) -> Recorder:
         self._saved = fuse, decode = stain_mod.fuse_windows, stain_mod.decode_tiled
@@ -131,9 +138,14 @@ class Recorder:
             self.layouts.append((tuple(positions), window))
             return fuse(predict, positions, canvas=canvas, window=window, **kw)
 
-        def decode_kept(fn, z, *, tile, overlap, scale):
+        def decode_kept(fn, z, *, tile, overlap, scale, **kw):
             self.decode = (tuple(z.shape[-2:]), tile, overlap, scale)
-            return decode(fn, z, tile=tile, overlap=overlap, scale=scale)
+
+            def counted(zt):
+                self.decoded_px += zt.shape[0] * zt.shape[-2] * zt.shape[-1]
+                return fn(zt)
+
+            return decode(counted, z, tile=tile, overlap=overlap, scale=scale, **kw)
 
         def canvas_kept(x, cfg, *, seed, tissue=None):
             out = stain_canvas(x, cfg, seed=seed, tissue=tissue)
@@ -183,6 +195,7 @@ def stain_timed(model: StainModel, path: Path, out: Path, cfg: StainConfig, *, f
             "tissue_fraction": res.tissue_fraction, "box_fraction": region_px / (out_wh[0] * out_wh[1]),
             "tissue_mpx": res.tissue_fraction * out_wh[0] * out_wh[1] / 1e6,
             "overlap_cost": rec.window_px / (cfg.steps * region_px / model.f**2),
+            "decode_cost": rec.decoded_px / (region_px / model.f**2),
             "layouts": float(np.mean([len(set(c)) for c in per_canvas])), "rec": rec}
 
 
@@ -218,10 +231,10 @@ def seams(model: StainModel, naive: np.ndarray, rec: Recorder, fused_tiff: Path)
     positions, win = rec.layouts[-1]
     win_x = sorted({e * f for _, x in positions for e in (x, x + win[1])})
     win_y = sorted({e * f for y, _ in positions for e in (y, y + win[0])})
-    (h, w), tile, overlap, scale = rec.decode
-    dec = window_grid((h, w), window=tile, overlap=overlap)
-    dec_x = sorted({e * scale for _, x in dec for e in (x, x + tile)})
-    dec_y = sorted({e * scale for y, _ in dec for e in (y, y + tile)})
+    (h, w), (ty, tx), overlap, scale = rec.decode
+    dec = window_grid((h, w), window=(ty, tx), overlap=overlap)
+    dec_x = sorted({e * scale for _, x in dec for e in (x, x + tx)})
+    dec_y = sorted({e * scale for y, _ in dec for e in (y, y + ty)})
     rows = [("naive tiles, their tile grid (anchor)", naive, grid, grid),
             ("naive tiles, grids shifted by 1/4, 1/2, 3/4 tile", naive, control, control),
             (f"fused, the same fixed {t} px grid", fused, grid, grid),
@@ -229,7 +242,13 @@ def seams(model: StainModel, naive: np.ndarray, rec: Recorder, fused_tiff: Path)
             ("fused, its last step's window edges", fused, win_x, win_y),
             ("fused, its decode-tile edges", fused, dec_x, dec_y),
             (f"fused after JPEG q90 (the TIFF), the {t} px grid", jpeg, grid, grid)]
-    return [(name, seam_score(img, mask, borders_x=bx, borders_y=by)) for name, img, bx, by in rows]
+    scores = [(name, seam_score(img, mask, borders_x=bx, borders_y=by)) for name, img, bx, by in rows]
+    # The decoder upsamples f×: a weak f-px grid everywhere, and every border lies on it. Compared
+    # with the other latent-pixel boundaries only (period=f), and the input on the same grids.
+    scores += [(f"{name}, vs other latent-px boundaries (period {f})",
+                seam_score(img, mask, borders_x=bx, borders_y=by, period=f))
+               for name, img, bx, by in rows[:6]]
+    return scores
 
 
 def overlap_by_size(model: StainModel, cfg: StainConfig, side: int) -> tuple[int, float]:
@@ -281,6 +300,8 @@ def main() -> None:
     p.add_argument("--sample", type=Path, help="a make-sample folder (default: make one in the temp folder)")
     p.add_argument("--tmp", type=Path, help="folder for temporary files (default: system temp)")
     p.add_argument("--skip-rss", action="store_true", help="skip (4), the slowest part")
+    p.add_argument("--overlap", type=int, default=StainConfig.overlap_px, metavar="PX",
+                   help="least window overlap in output px, as `stainldm stain --overlap` (default: its default)")
     p.add_argument("--threads", type=int, default=1, help="torch threads in this process (default 1: CPU "
                    "seconds are then work, not OpenMP spinning on a busy machine)")
     args = p.parse_args()
@@ -296,23 +317,30 @@ def main() -> None:
                             "--quiet"], check=True)
         tex = textures(sample)
         model = StainModel.load(args.checkpoint)
-        cfg = StainConfig(steps=10, sampler="dpmpp_2m")
+        cfg = StainConfig(steps=10, sampler="dpmpp_2m", overlap_px=args.overlap)
         print(f"model {args.checkpoint}: {model.kind}, {model.tile_px} px tiles at {model.mpp} µm/px, f={model.f}; "
-              f"{torch.get_num_threads()} torch thread(s); {cfg.sampler}, {cfg.steps} steps; {os.cpu_count()} CPUs, "
+              f"{torch.get_num_threads()} torch thread(s); {cfg.sampler}, {cfg.steps} steps, overlap {cfg.overlap_px} px; "
+              f"{os.cpu_count()} CPUs, "
               f"load average {os.getloadavg()[0]:.1f}", flush=True)
         full = make_slide(tmp / "full.tiff", tex, BG_SIDE, None)
         cores = make_slide(tmp / "cores.tiff", tex, BG_SIDE, BG_PITCH)
         model.stain_canvas(model.normalise(tex[0][:256, :256]), StainConfig(steps=1), seed=0)  # warm-up
 
-        print(f"(1)(2)(3)(5) stain_slide on {BG_SIDE}² px slides, full and 25% tissue ...", flush=True)
-        runs = {name: stain_timed(model, path, tmp / f"out-{name}.tiff", cfg, full=name == "full")
-                for name, path in (("full", full), ("cores", cores))}
+        print(f"(1)(2)(3)(5) stain_slide on {BG_SIDE}² px slides, full and 25% tissue, {REPEATS} times "
+              f"alternating ...", flush=True)
+        runs: dict[str, dict[str, Any]] = {}
+        for _ in range(REPEATS):  # the fastest of each: a single run's CPU time varies by about 5 %
+            for name, path in (("full", full), ("cores", cores)):
+                r = stain_timed(model, path, tmp / f"out-{name}.tiff", cfg, full=name == "full")
+                if name not in runs or r["cpu"] < runs[name]["cpu"]:
+                    runs[name] = r
         print(f"(1) naive: {SEAM_TILES}² tiles of {model.tile_px} px, each sampled on its own ...", flush=True)
         naive, res["naive_wall"], res["naive_cpu"] = naive_tiles(model, full, cfg, SEAM_TILES)
         res["naive_mpx"] = naive.shape[0] * naive.shape[1] / 1e6
         res["seams"] = seams(model, naive, runs["full"].pop("rec"), tmp / "out-full.tiff")
         runs["cores"].pop("rec")
-        res.update(runs=runs, overlap_by_size=[(s, *overlap_by_size(model, cfg, s)) for s in REGION_SIDES])
+        res.update(runs=runs, overlap_by_size=[(s, *overlap_by_size(model, cfg, s)) for s in REGION_SIDES],
+                   overlap_sweep=max(((s, *overlap_by_size(model, cfg, s)) for s in SWEEP), key=lambda r: r[2]))
 
         for side in () if args.skip_rss else RSS_SIDES:
             print(f"(4) stainldm stain --steps 1 on a {side}² px TMA-like slide ...", flush=True)
@@ -341,9 +369,14 @@ def report(res: dict[str, Any], model: StainModel, cfg: StainConfig) -> None:
           f"on its decode tiles; the shifted grids (no borders) show the score's noise:")
     anchor = seam_rows[0][1]
     print(table(["output, borders", "seam score", "÷ naive"], [[n, f"{v:.3f}", f"{v / anchor:.3f}"] for n, v in seam_rows]))
-    worst = max(v for n, v in seam_rows if n.startswith("fused") and "JPEG" not in n and "shifted" not in n)
-    print(f"fused worst {worst:.3f}; goal <= {GOAL_SEAM}: {_ok(worst <= GOAL_SEAM)} (the shifted grids, "
-          f"where there is no border, show the score's noise; an untrained model has no structure to break)")
+    seam = dict(seam_rows)
+    borders = ("fused, its last step's window edges", "fused, its decode-tile edges", f"fused, the same fixed {model.tile_px} px grid")
+    plain = max(seam[b] for b in borders)
+    phase = max(seam[f"{b}, vs other latent-px boundaries (period {model.f})"] for b in borders)
+    print(f"fused, worst of its window edges, decode tiles and the naive grid: {plain:.3f} against all other steps, "
+          f"but {seam['fused, grids shifted by 1/4, 1/2, 3/4 tile']:.3f} already on grids with no border at all: "
+          f"every grid of multiples of {model.f} px lies on the decoder's latent-pixel grid. Against the other "
+          f"latent-pixel boundaries: worst {phase:.3f}; goal <= {GOAL_SEAM}: {_ok(phase <= GOAL_SEAM)}")
 
     cost = max(r["overlap_cost"] for r in runs.values())
     print(f"\n(2) overlap cost: latent px the network evaluated ÷ region latent px ÷ steps (1 = non-overlapping "
@@ -353,8 +386,11 @@ def report(res: dict[str, Any], model: StainModel, cfg: StainConfig) -> None:
           f"{runs['cores']['layouts']:.1f}. By square region side, from region_canvases / ldm_windows / "
           f"evaluations_per_pixel as stain_slide uses them:")
     print(table(["region side px", "sub-canvases", "overlap cost"], [[s, n, f"{c:.3f}"] for s, n, c in res["overlap_by_size"]]))
-    side, n, worst = max(res["overlap_by_size"], key=lambda r: r[2])
-    print(f"worst {worst:.3f} ({side} px, {n} sub-canvases); goal <= {GOAL_OVERLAP}: {_ok(worst <= GOAL_OVERLAP)}")
+    side, n, worst = max([*res["overlap_by_size"], res["overlap_sweep"]], key=lambda r: r[2])
+    print(f"worst of these and of {len(SWEEP)} sides from {SWEEP[0]} to {SWEEP[-1]} px: {worst:.3f} ({side} px, "
+          f"{n} sub-canvases); goal <= {GOAL_OVERLAP}: {_ok(worst <= GOAL_OVERLAP)}. Latent px decoded per region "
+          f"latent px (tiles under tissue only): full {runs['full']['decode_cost']:.3f}, 25% "
+          f"{runs['cores']['decode_cost']:.3f}")
 
     print(f"\n(3) background skipping, {BG_SIDE}² px input at {MPP} µm/px, {cfg.steps} steps, {torch.get_num_threads()} torch "
           f"thread(s) (CPU s of this process: wall time depends on what else runs):")

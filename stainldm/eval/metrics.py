@@ -203,17 +203,27 @@ def nuclei_agreement(hed_pred: np.ndarray, hed_target: np.ndarray, mask: np.ndar
 # ---------------------------------------------------------------------------------------------
 # Seams
 # ---------------------------------------------------------------------------------------------
-def seam_score(img: np.ndarray, mask: np.ndarray, *, borders_x: Sequence[int], borders_y: Sequence[int]) -> float:
+def seam_score(img: np.ndarray, mask: np.ndarray, *, borders_x: Sequence[int], borders_y: Sequence[int],
+               period: int = 1) -> float:
     """Mean absolute step across window borders ÷ mean absolute step between other neighbours.
 
     Args:
         img: ``(H, W, C)`` stitched output.
         mask: ``(H, W)`` tissue; a step counts when both of its pixels are tissue.
         borders_x: columns ``b`` with a window border between pixel ``b-1`` and ``b`` (likewise rows).
+        period: compare borders only with the steps at the same phase modulo ``period`` (borders
+            must be multiples of it). A latent model's decoder upsamples ``f``× and leaves a weak
+            ``f``-px grid everywhere; window borders lie on it, so ``period=f`` compares them with
+            other latent-pixel boundaries rather than with the smoother steps inside latent pixels.
 
     Returns:
         The ratio (1.0: borders look like the rest; seams > 1), NaN without border steps on tissue.
+
+    Raises:
+        ValueError: a border that is not a multiple of ``period``.
     """
+    if period < 1 or any(b % period for b in (*borders_x, *borders_y)):
+        raise ValueError(f"seam_score: borders must be multiples of period={period}")
     x = img.astype(np.float32)
     dx = np.abs(x[:, 1:] - x[:, :-1]).mean(axis=2)  # (H, W-1): step between columns j and j+1
     dy = np.abs(x[1:] - x[:-1]).mean(axis=2)
@@ -222,8 +232,10 @@ def seam_score(img: np.ndarray, mask: np.ndarray, *, borders_x: Sequence[int], b
     by = np.zeros(dy.shape[0], bool)
     bx[[b - 1 for b in borders_x if 0 < b < img.shape[1]]] = True
     by[[b - 1 for b in borders_y if 0 < b < img.shape[0]]] = True
+    px = (np.arange(dx.shape[1]) + 1) % period == 0  # steps at the borders' phase
+    py = (np.arange(dy.shape[0]) + 1) % period == 0
     across = np.concatenate([dx[:, bx][mx[:, bx]], dy[by][my[by]]])
-    inside = np.concatenate([dx[:, ~bx][mx[:, ~bx]], dy[~by][my[~by]]])
+    inside = np.concatenate([dx[:, px & ~bx][mx[:, px & ~bx]], dy[py & ~by][my[py & ~by]]])
     if across.size == 0 or inside.size == 0 or inside.mean() == 0:
         return math.nan
     return float(across.mean() / inside.mean())

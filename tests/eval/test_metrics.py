@@ -128,6 +128,25 @@ def test_seam_score_sees_steps_at_window_borders_only():
     assert math.isnan(seam_score(tiles, glass, borders_x=[32, 64], borders_y=[]))  # borders off tissue
 
 
+
+def test_seam_score_with_a_period_compares_borders_with_the_same_phase_of_an_upsampled_grid():
+    """A 4× upsampling decoder leaves a weak step every 4 px; borders on that grid are not seams."""
+    rng = np.random.default_rng(1)
+    img = np.clip(rng.normal(128, 4, (128, 128, 3)), 0, 255)
+    img += np.repeat(np.repeat(rng.normal(0, 12, (32, 32, 1)), 4, 0), 4, 1)  # a latent-pixel grid everywhere
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    mask = np.ones((128, 128), bool)
+    grid = [32, 64, 96]
+    assert seam_score(img, mask, borders_x=grid, borders_y=grid) > 1.5  # every latent boundary looks like a seam
+    assert seam_score(img, mask, borders_x=grid, borders_y=grid, period=4) == pytest.approx(1.0, abs=0.15)
+    checker = (np.add.outer(np.arange(128) // 32, np.arange(128) // 32) % 2) * 30.0  # independent 32 px tiles
+    seamed = img.astype(np.float32) + checker[..., None]
+    seamed = np.clip(seamed, 0, 255).astype(np.uint8)
+    assert seam_score(seamed, mask, borders_x=grid, borders_y=grid, period=4) > 1.2  # a real seam still shows
+    with pytest.raises(ValueError, match="multiples of period=4"):
+        seam_score(img, mask, borders_x=[30], borders_y=[], period=4)
+
+
 def test_core_metrics_identical_and_shape_check():
     img = tissue_image(GRID)
     mask = np.ones(img.shape[:2], bool)
