@@ -21,6 +21,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from stainldm.errors import ConfigError
+from stainldm.files import atomic_write_text
 
 T = TypeVar("T")
 
@@ -125,10 +126,7 @@ def load_config(
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Writes the resolved config as YAML (atomically)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def _join(where: str, name: str) -> str:

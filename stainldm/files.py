@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -21,6 +25,22 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """:func:`atomic_write_bytes` of UTF-8 text."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_csv(path: Path, rows: Iterable[Sequence[Any]]) -> None:
+    """:func:`atomic_write_bytes` of CSV rows (the first is usually the header)."""
+    buf = io.StringIO(newline="")
+    csv.writer(buf).writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def atomic_write_png(path: Path, image: Any) -> None:
+    """:func:`atomic_write_bytes` of an ``(H, W[, C])`` uint8 array as PNG."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def sha256_file(path: str | Path) -> str:

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from stainldm.data.augment import AugmentConfig, build_paired, jitter_batch
 from stainldm.data.store import TileStore
+from stainldm.files import atomic_write_text
 
 
 def channel_stats(store: TileStore, *, samples: int = 256, seed: int = 0) -> dict:
@@ -42,9 +43,7 @@ def load_or_compute_stats(store: TileStore) -> dict:
             return stats
     stats = channel_stats(store)
     if os.access(store.root, os.W_OK):
-        tmp = path.with_name(f".{path.name}.partial")
-        tmp.write_text(json.dumps(stats))
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps(stats))
     return stats
 
 

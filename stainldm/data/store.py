@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from stainldm.errors import InputError
+from stainldm.files import atomic_write_csv
 
 TILE_COLUMNS = ("slide_id", "core", "split", "x", "y", "mpp", "tissue_fraction", "sim_before", "sim_after")
 PAIR_COLUMNS = ("slide_id", "unstained", "stained", "status", "tiles", "seconds", "error")
@@ -156,14 +157,7 @@ class TileStore:
         """Keeps the first ``n`` tiles (drops the rest of the CSV, then of the arrays)."""
         if not self.writable:
             raise InputError(f"{self.root}: store opened read-only")
-        path = self.root / "tiles.csv"
-        tmp = path.with_name(f".{path.name}.partial")
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(TILE_COLUMNS)
-            for row in self.rows[:n]:
-                writer.writerow(row.as_csv())
-        tmp.replace(path)
+        atomic_write_csv(self.root / "tiles.csv", [TILE_COLUMNS, *(row.as_csv() for row in self.rows[:n])])
         del self.rows[n:]
         self._recover()
 
@@ -281,10 +275,7 @@ def read_tile_rows(path: Path) -> list[TileRow]:
 
 
 def _write_csv_header(path: Path, columns: Sequence[str]) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "w", newline="") as fh:
-        csv.writer(fh).writerow(columns)
-    tmp.replace(path)
+    atomic_write_csv(path, [columns])
 
 
 def read_pairs(path: Path) -> dict[str, dict[str, str]]:
@@ -297,10 +288,4 @@ def read_pairs(path: Path) -> dict[str, dict[str, str]]:
 
 def write_pairs(path: Path, pairs: dict[str, dict[str, str]]) -> None:
     """Rewrites ``pairs.csv`` atomically."""
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=PAIR_COLUMNS)
-        writer.writeheader()
-        for row in pairs.values():
-            writer.writerow({k: row.get(k, "") for k in PAIR_COLUMNS})
-    tmp.replace(path)
+    atomic_write_csv(path, [PAIR_COLUMNS, *([row.get(k, "") for k in PAIR_COLUMNS] for row in pairs.values())])

@@ -28,6 +28,7 @@ from scipy import ndimage as ndi
 
 import stainldm
 from stainldm.errors import CheckpointError, InputError
+from stainldm.files import atomic_write_png, atomic_write_text
 from stainldm.inference.canvas import axis_window, decode_tiled, fuse_windows, window_grid, window_weight
 from stainldm.models.ldm import Condition
 from stainldm.wsi.reader import SlideReader
@@ -384,13 +385,14 @@ def stain_slide(slide: SlideReader, model: StainModel, out: Path, cfg: StainConf
         std = zarr.create_array(str(work / "std.zarr"), shape=(out_h, out_w, 1), chunks=(512, 512, 1),
                                 dtype="float32", fill_value=0.0) if cfg.samples > 1 else None
         canvases = region_canvases(regions, (out_w, out_h), cfg)
+        grown = _grown_mask(mask, cfg, out_mpp=out_mpp)  # once per slide, not per canvas
         if progress is not None:
             progress.reset(total=len(canvases))
         done_boxes: list[tuple[int, int, int, int]] = []
         for ci, (x, y, w, h) in enumerate(canvases):
             u = slide.read_at_mpp((x * f, y * f), (w, h), out_mpp)
             xin = model.normalise(u)
-            tissue = _tissue_weight(mask, cfg, out_mpp=out_mpp, box=(x, y, w, h))
+            tissue = _tissue_weight(grown, cfg, out_mpp=out_mpp, box=(x, y, w, h))
             outs = model.stain_canvas(xin, cfg, seed=(cfg.seed * 100_003 + ci) % 2**31,
                                       tissue=tissue if cfg.skip_glass else None)  # (K, 3, h, w)
             mean = ((outs.mean(0).permute(1, 2, 0).float().cpu().numpy() + 1) * 127.5).clip(0, 255)
@@ -415,15 +417,12 @@ def stain_slide(slide: SlideReader, model: StainModel, out: Path, cfg: StainConf
                           provenance={**meta, "unit": "standard deviation over samples, 0-255 intensity units"})
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    from PIL import Image
 
     from stainldm.wsi.reader import open_slide
 
     thumb = out.with_name(f"{out.stem}.thumb.png")
     with open_slide(out) as written:
-        tmp = thumb.with_name(f".{thumb.name}.partial.png")
-        Image.fromarray(written.thumbnail(1024)).save(tmp)
-        tmp.replace(thumb)
+        atomic_write_png(thumb, written.thumbnail(1024))
     seconds = time.perf_counter() - t0
     prov = out.with_name(f"{out.stem}.json")
     record = {"software": "stainldm", "version": stainldm.__version__, "input": str(slide.path),
@@ -431,26 +430,29 @@ def stain_slide(slide: SlideReader, model: StainModel, out: Path, cfg: StainConf
               "size_wh": [out_w, out_h], "regions": len(regions), "tissue_fraction": round(frac, 4),
               "checkpoint": str(model.path), "model_kind": model.kind,
               "stain_config": _plain(cfg), "seconds": round(seconds, 2), **(provenance or {})}
-    tmp = prov.with_name(f".{prov.name}.partial")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(prov)
+    atomic_write_text(prov, json.dumps(record, indent=1))
     return StainResult(out, unc, thumb, prov, len(regions), frac, seconds)
 
 
-def _tissue_weight(mask: np.ndarray, cfg: StainConfig, *, out_mpp: float, box: tuple[int, int, int, int]) -> np.ndarray:
-    """A soft tissue mask over an output box: 1 on (slightly dilated) tissue, fading to 0 on glass
-    over about ``region_margin_px``, so the glass around a core is white like the slide's background."""
+def _grown_mask(mask: np.ndarray, cfg: StainConfig, *, out_mpp: float) -> np.ndarray:
+    """The slide's tissue mask dilated by about half of ``region_margin_px``, as float32."""
+    scale = cfg.tissue.mask_mpp / out_mpp  # output px per mask px
+    return ndi.binary_dilation(mask, iterations=max(1, round(cfg.region_margin_px / 2 / scale))).astype(np.float32)
+
+
+def _tissue_weight(grown: np.ndarray, cfg: StainConfig, *, out_mpp: float, box: tuple[int, int, int, int]) -> np.ndarray:
+    """A soft tissue mask over an output box from the grown mask (:func:`_grown_mask`): 1 on
+    tissue, fading to 0 on glass over about ``region_margin_px``, so the glass around a core is
+    white like the slide's background."""
     import cv2
 
     x, y, w, h = box
     scale = cfg.tissue.mask_mpp / out_mpp  # output px per mask px
-    grown = ndi.binary_dilation(mask, iterations=max(1, round(cfg.region_margin_px / 2 / scale)))
-    m = np.zeros((h, w), np.float32)
     # Output pixel (u, v) centre in mask coordinates: ((x + u + 0.5) / scale - 0.5).
     mx = ((x + np.arange(w) + 0.5) / scale - 0.5).astype(np.float32)
     my = ((y + np.arange(h) + 0.5) / scale - 0.5).astype(np.float32)
     gx, gy = np.meshgrid(mx, my)
-    m = cv2.remap(grown.astype(np.float32), gx, gy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    m = cv2.remap(grown, gx, gy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     sigma = max(1.0, cfg.region_margin_px / 4)
     return np.clip(cv2.GaussianBlur(m, (0, 0), sigma) * 1.5, 0, 1)
 

@@ -31,6 +31,7 @@ from stainldm.config import config_hash, save_config, to_dict
 from stainldm.data.dataset import BatchPreprocessor, EpochSampler, PairedTileDataset, load_or_compute_stats
 from stainldm.data.store import TileStore
 from stainldm.errors import CheckpointError, ConfigError, InputError, RunError
+from stainldm.files import atomic_write_csv
 from stainldm.models.autoencoder import AutoencoderLoss, build_autoencoder, downsampling
 from stainldm.models.baseline import BaselineUNet
 from stainldm.models.ldm import LatentDiffusion
@@ -446,10 +447,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
         return
     rows = list(csv.reader(path.open()))
     keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "w", newline="") as fh:
-        csv.writer(fh).writerows(keep)
-    tmp.replace(path)
+    atomic_write_csv(path, keep)
 
 
 class _nullcontext:

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stainldm.files import atomic_write_png
+
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """``(B, 3, H, W)`` in [-1, 1] -> ``(B, H, W, 3)`` uint8."""
@@ -35,12 +37,9 @@ def input_preview(x: torch.Tensor) -> np.ndarray:
 
 def sample_grid(x: torch.Tensor, pred: torch.Tensor, target: torch.Tensor, path: Path, *, rows: int = 8) -> None:
     """Writes a PNG: one row per tile, columns unstained | generated | real H&E."""
-    from PIL import Image
 
     n = min(rows, x.shape[0])
     cols = [input_preview(x[:n]), to_uint8(pred[:n]), to_uint8(target[:n])]
     grid = np.concatenate([np.concatenate(list(c), axis=0) for c in cols], axis=1)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial.png")
-    Image.fromarray(grid).save(tmp)
-    tmp.replace(path)
+    atomic_write_png(path, grid)

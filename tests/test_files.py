@@ -1,0 +1,45 @@
+"""stainldm.files: atomic writers and the SHA-256 helper, on real files."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stainldm.files import atomic_write_bytes, atomic_write_csv, atomic_write_png, atomic_write_text, sha256_file
+
+
+def test_atomic_writers_replace_the_whole_file_and_leave_no_partial_file(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("old contents, longer than the new ones")
+    atomic_write_text(path, "new ✓")
+    assert path.read_text(encoding="utf-8") == "new ✓"
+    atomic_write_bytes(path, b"\x00\x01")
+    assert path.read_bytes() == b"\x00\x01"
+    rows = [["slide", "status"], ["a,b.svs", "done"], ["c.svs", ""]]
+    atomic_write_csv(tmp_path / "m.csv", rows)
+    with open(tmp_path / "m.csv", newline="") as fh:
+        assert list(csv.reader(fh)) == rows  # quoting survives the round trip
+    img = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    atomic_write_png(tmp_path / "t.png", img)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "t.png")), img)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "m.csv", "t.png"]
+
+
+def test_a_failed_write_keeps_the_old_file(tmp_path):
+    path = tmp_path / "t.png"
+    atomic_write_png(path, np.zeros((2, 2), np.uint8))
+    before = path.read_bytes()
+    with pytest.raises(TypeError):
+        atomic_write_png(path, np.zeros((2, 2), object))  # PIL cannot write this
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["t.png"]
+
+
+def test_sha256_file_matches_hashlib_across_blocks(tmp_path):
+    data = np.random.default_rng(1).bytes((1 << 20) + 17)  # more than one 1 MiB block
+    (tmp_path / "f").write_bytes(data)
+    assert sha256_file(tmp_path / "f") == hashlib.sha256(data).hexdigest()
