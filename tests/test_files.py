@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stainldm.files import atomic_write_bytes, atomic_write_csv, atomic_write_png, atomic_write_text, sha256_file
+from stainldm.files import (
+    atomic_write_bytes,
+    atomic_write_csv,
+    atomic_write_png,
+    atomic_write_text,
+    sha256_file,
+)
 
 
 def test_atomic_writers_replace_the_whole_file_and_leave_no_partial_file(tmp_path):
