@@ -435,9 +435,9 @@ def stain_slide(slide: SlideReader, model: StainModel, out: Path, cfg: StainConf
 
 
 def _grown_mask(mask: np.ndarray, cfg: StainConfig, *, out_mpp: float) -> np.ndarray:
-    """The slide's tissue mask dilated by about half of ``region_margin_px``, as float32."""
+    """The slide's tissue mask (bool) dilated by about half of ``region_margin_px``."""
     scale = cfg.tissue.mask_mpp / out_mpp  # output px per mask px
-    return ndi.binary_dilation(mask, iterations=max(1, round(cfg.region_margin_px / 2 / scale))).astype(np.float32)
+    return ndi.binary_dilation(mask, iterations=max(1, round(cfg.region_margin_px / 2 / scale)))
 
 
 def _tissue_weight(grown: np.ndarray, cfg: StainConfig, *, out_mpp: float, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -448,11 +448,14 @@ def _tissue_weight(grown: np.ndarray, cfg: StainConfig, *, out_mpp: float, box: 
 
     x, y, w, h = box
     scale = cfg.tissue.mask_mpp / out_mpp  # output px per mask px
+    # The mask pixels under the box, and one more around them for the interpolation.
+    c0, r0 = max(0, math.floor(x / scale) - 1), max(0, math.floor(y / scale) - 1)
+    crop = grown[r0 : math.ceil((y + h) / scale) + 1, c0 : math.ceil((x + w) / scale) + 1].astype(np.float32)
     # Output pixel (u, v) centre in mask coordinates: ((x + u + 0.5) / scale - 0.5).
-    mx = ((x + np.arange(w) + 0.5) / scale - 0.5).astype(np.float32)
-    my = ((y + np.arange(h) + 0.5) / scale - 0.5).astype(np.float32)
+    mx = ((x + np.arange(w) + 0.5) / scale - 0.5 - c0).astype(np.float32)
+    my = ((y + np.arange(h) + 0.5) / scale - 0.5 - r0).astype(np.float32)
     gx, gy = np.meshgrid(mx, my)
-    m = cv2.remap(grown, gx, gy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    m = cv2.remap(crop, gx, gy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     sigma = max(1.0, cfg.region_margin_px / 4)
     return np.clip(cv2.GaussianBlur(m, (0, 0), sigma) * 1.5, 0, 1)
 
