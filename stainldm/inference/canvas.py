@@ -144,7 +144,8 @@ def decode_tiled(decode: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor
         tile, overlap: latent tile size ``(th, tw)`` (or one edge) and overlap.
         scale: image pixels per latent pixel.
         keep: optional ``(h, w)`` bool map; tiles with no ``True`` in it are not decoded, and the
-            pixels that only they cover come back as 0 (the caller paints them, e.g. as glass).
+            pixels that only they cover come back as 0 (the caller paints them, e.g. as glass;
+            with nothing to decode, the result is 3 channels of 0).
         batch: tiles per ``decode`` call (all tiles have one size).
     """
     h, w = z.shape[-2:]
