@@ -18,7 +18,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import stainldm
-from stainldm.errors import StainLDMError
+from stainldm.errors import StainLDMError, one_line
 
 log = logging.getLogger("stainldm")
 
@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StainLDMError as exc:
         if args.debug:
             raise
-        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("error: interrupted; rerun the same command to resume", file=sys.stderr)
@@ -67,13 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        print(f"error: unexpected {type(exc).__name__}: {_one_line(str(exc))} (rerun with --debug for the "
+        print(f"error: unexpected {type(exc).__name__}: {one_line(exc)} (rerun with --debug for the "
               "traceback and report it)", file=sys.stderr)
         return 1
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -11,8 +11,6 @@ the store's mpp, metrics on the tissue mask -> bootstrap CIs over cores -> ``met
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import logging
 import math
@@ -24,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.stain import output_name
-from stainldm.errors import InputError, StainLDMError
-from stainldm.files import atomic_write_text
+from stainldm.errors import InputError, StainLDMError, one_line
+from stainldm.files import atomic_write_csv
 
 log = logging.getLogger("stainldm.evaluate")
 
@@ -409,11 +407,11 @@ def run(args: argparse.Namespace) -> int:
             evaluate_slide(plan, sid, unstained[sid], keys, rows=slide_rows, gallery=gallery, errors=errors,
                            progress=bar)
         except StainLDMError as exc:  # the slide itself: its cores not yet evaluated are errors
-            errors.append(_line(exc))
+            errors.append(one_line(exc))
             done = {r["core"] for r in slide_rows}
             for core in keys:
                 if core not in done:
-                    slide_rows += [_row(m.name, sid, core, f"error: {_line(exc)}") for m in methods]
+                    slide_rows += [_row(m.name, sid, core, f"error: {one_line(exc)}") for m in methods]
                     bar.update(1)
         rows += slide_rows
     bar.close()
@@ -471,8 +469,8 @@ def evaluate_slide(plan: Plan, sid: str, unstained_path: Path, keys: list[str], 
                 ps = PredictionSlide(m.slides[sid], m.provenance.get(sid, {}), slide_mpp=slide_mpp,
                                      slide_wh=uslide.dimensions, tile_mpp=plan.tile_mpp)
             except StainLDMError as exc:
-                preds[m.name] = f"error: {_line(exc)}"
-                errors.append(_line(exc))
+                preds[m.name] = f"error: {one_line(exc)}"
+                errors.append(one_line(exc))
                 continue
             preds[m.name] = ps
             if ps.resampled:
@@ -494,8 +492,8 @@ def evaluate_slide(plan: Plan, sid: str, unstained_path: Path, keys: list[str], 
                     try:
                         virtual, unc = (m.colour_map.apply(c.unstained), None) if m.colour_map is not None else src.read(c)
                     except StainLDMError as exc:
-                        rows.append(_row(m.name, sid, core, f"error: {_line(exc)}", tissue))
-                        errors.append(_line(exc))
+                        rows.append(_row(m.name, sid, core, f"error: {one_line(exc)}", tissue))
+                        errors.append(one_line(exc))
                         continue
                     if tissue.any() and (virtual[tissue] >= 250).all(axis=1).mean() > BLANK_FRACTION:
                         rows.append(_row(m.name, sid, core, "missing: core not stained in the prediction", tissue))
@@ -583,14 +581,9 @@ def _row(method: str, sid: str, core: str, status: str, tissue: np.ndarray | Non
 
 
 def write_metrics_csv(path: Path, rows: list[dict]) -> None:
-    buf = io.StringIO(newline="")
-    w = csv.writer(buf)
-    w.writerow(["method", "slide_id", "core", "status", "tissue_px", *CSV_METRICS])
-    for r in rows:
-        w.writerow([r["method"], r["slide_id"], r["core"], r["status"], r["tissue_px"],
-                    *("" if not math.isfinite(r[k]) else f"{r[k]:.6g}" for k in CSV_METRICS)])
-    atomic_write_text(path, buf.getvalue())
+    atomic_write_csv(path, [["method", "slide_id", "core", "status", "tissue_px", *CSV_METRICS],
+                            *([r["method"], r["slide_id"], r["core"], r["status"], r["tissue_px"],
+                               *("" if not math.isfinite(r[k]) else f"{r[k]:.6g}" for k in CSV_METRICS)]
+                              for r in rows)])
 
 
-def _line(exc: Exception) -> str:
-    return " ".join(str(exc).split())

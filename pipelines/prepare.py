@@ -26,7 +26,7 @@ from stainldm.config import apply_overrides, config_hash, from_dict, load_yaml, 
 from stainldm.data.pairs import PrepareConfig, analyse_pair, check_config, cut_pair, plan_tiles
 from stainldm.data.split import assign_splits
 from stainldm.data.store import TileRow, TileStore, read_pairs, write_pairs
-from stainldm.errors import ConfigError, InputError, StainLDMError
+from stainldm.errors import ConfigError, InputError, StainLDMError, one_line
 from stainldm.wsi.reader import open_slide
 from stainldm.wsi.register import registration_errors
 from stainldm.wsi.tma import cores_to_geojson, write_cores_csv
@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         except StainLDMError as exc:
             if args.debug:
                 raise
-            msg = " ".join(str(exc).split())
+            msg = one_line(exc)
             failures.append((pair.slide_id, msg))
             status[pair.slide_id] = _pair_row(pair, "failed", 0, time.perf_counter() - t0, msg)
             log.warning("%s failed; continuing with the other pairs", pair.slide_id)

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from stainldm.errors import InputError, StainLDMError
+from stainldm.errors import InputError, StainLDMError, one_line
 
 log = logging.getLogger("stainldm.stain")
 
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
         except StainLDMError as exc:
             if args.debug:
                 raise
-            msg = " ".join(str(exc).split())
+            msg = one_line(exc)
             status = "skipped" if "no tissue" in msg else "failed"
             manifest.record({"slide": key, "status": status, "output": "", "error": msg,
                              "seconds": f"{time.perf_counter() - t0:.1f}"})

@@ -7,6 +7,11 @@ The CLI prints ``error: <message>`` on one line and exits with ``exit_code``.
 from __future__ import annotations
 
 
+def one_line(text: object) -> str:
+    """``text`` (an exception, say) on one line: runs of whitespace and newlines become one space."""
+    return " ".join(str(text).split())
+
+
 class StainLDMError(Exception):
     """Base class. ``exit_code`` is what the CLI returns: 2 for bad input, 1 for a failure."""
 

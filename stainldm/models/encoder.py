@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from stainldm.errors import ConfigError
+from stainldm.errors import ConfigError, one_line
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class SemanticEncoder(nn.Module):
                 self.backbone = timm.create_model(cfg.backbone, pretrained=True,
                                                   pretrained_cfg_overlay={"file": str(weights)}, **kwargs)
         except RuntimeError as exc:
-            msg = " ".join(str(exc).split())[:300]
+            msg = one_line(exc)[:300]
             raise ConfigError(f"ldm.condition.backbone '{cfg.backbone}': timm cannot build it ({msg})") from None
         if cfg.freeze_backbone:
             self.backbone.requires_grad_(False)
