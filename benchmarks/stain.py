@@ -244,7 +244,7 @@ def seams(model: StainModel, naive: np.ndarray, rec: Recorder, fused_tiff: Path)
             (f"fused after JPEG q90 (the TIFF), the {t} px grid", jpeg, grid, grid)]
     scores = [(name, seam_score(img, mask, borders_x=bx, borders_y=by)) for name, img, bx, by in rows]
     # The decoder upsamples f×: a weak f-px grid everywhere, and every border lies on it. Compared
-    # with the other latent-pixel boundaries only (period=f), and the input on the same grids.
+    # with the other latent-pixel boundaries only (period=f).
     scores += [(f"{name}, vs other latent-px boundaries (period {f})",
                 seam_score(img, mask, borders_x=bx, borders_y=by, period=f))
                for name, img, bx, by in rows[:6]]
