@@ -49,7 +49,7 @@ def add_parser(sub, common) -> None:
                    help="µm/px of the source, for slides that do not record it")
     p.add_argument("--config", type=Path, metavar="YAML", help="sample config (e.g. configs/sample.yaml)")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="override config keys, e.g. --set grid.rows=2 grid.cols=2")
+                   help="override config keys, e.g. --set grid.rows=2 grid.cols=2 (or --set repeated)")
     p.add_argument("--force", action="store_true", help="redo even if DIR already holds this sample")
     p.set_defaults(run=run)
 

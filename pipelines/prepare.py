@@ -56,8 +56,8 @@ def add_parser(sub, common) -> None:
                                               "and honour its train/test split")
     p.add_argument("--out", type=Path, required=True, help="the tile store folder")
     p.add_argument("--config", type=Path, help="YAML with prepare settings (see configs/)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set tiles.size=128 (repeatable)")
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override config keys, e.g. --set tiles.size=128 tiles.stride=128 (or --set repeated)")
     p.set_defaults(run=run)
 
 

@@ -38,9 +38,14 @@ def add_parser(sub, common) -> None:
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1)")
     p.add_argument("--seed", type=int, default=0, help="slide seed (default 0)")
     p.add_argument("--samples", type=int, default=1, help="K samples: mean as output, std as uncertainty map")
-    p.add_argument("--batch-size", type=int, default=8, help="windows per network call")
+    p.add_argument("--batch-size", type=int, help="windows per network call (default 8 on a CPU, 32 on a GPU, "
+                                                    "where the cores of a TMA share calls)")
     p.add_argument("--overlap", type=int, default=16, metavar="PX", help="least window overlap in output px")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N; under torchrun, srun or "
+                   "--shard, cuda is one GPU per process (LOCAL_RANK, SLURM_LOCALID, else shard i on GPU (i-1) mod "
+                   "the GPU count)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="auto (default): bf16 on a GPU, fp32 on a CPU; fp16 for GPUs without bf16")
     p.add_argument("--shard", help="i/n: stain only shard i of n (default: torchrun/SLURM rank variables)")
     p.add_argument("--mpp", type=float, help="µm/px of inputs that do not record it")
     p.set_defaults(run=run)
@@ -141,16 +146,19 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
+    from stainldm.device import resolve_device
     from stainldm.inference.stain import StainConfig, StainModel, check_stain_config, stain_slide
     from stainldm.train.checkpoint import sha256
     from stainldm.wsi.reader import open_slide
 
+    index, count = parse_shard(args.shard)
+    device = resolve_device(args.device, env=os.environ, cuda_count=torch.cuda.device_count(), shard=(index, count))
+    batch = args.batch_size if args.batch_size is not None else (32 if device.type == "cuda" else 8)
     cfg = StainConfig(steps=args.steps, sampler=args.sampler, guidance=args.guidance, seed=args.seed,
-                      samples=args.samples, batch_size=args.batch_size, overlap_px=args.overlap)
+                      samples=args.samples, batch_size=batch, overlap_px=args.overlap)
     check_stain_config(cfg)
     if args.sampler not in ("ddim", "dpmpp_2m"):
         raise InputError(f"--sampler {args.sampler}: use dpmpp_2m or ddim")
-    index, count = parse_shard(args.shard)
     out: Path = args.out
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -159,10 +167,9 @@ def run(args: argparse.Namespace) -> int:
         probe.unlink()
     except OSError as exc:
         raise InputError(f"{out}: output folder is not writable ({exc.strerror}); choose another --out") from None
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA GPU is available here; use --device cpu")
-    model = StainModel.load(args.checkpoint, device=device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    model = StainModel.load(args.checkpoint, device=device, precision=args.precision)
     if model.kind == "ldm":
         model.net.schedule.inference_timesteps(args.steps)  # validates --steps before any slide is read
     ckpt_file = model.path / "model.safetensors"
@@ -185,14 +192,14 @@ def run(args: argparse.Namespace) -> int:
             with open_slide(slide_path, mpp=args.mpp) as slide:
                 res = stain_slide(slide, model, target, cfg, progress=inner, provenance=provenance)
             manifest.record({"slide": key, "status": "done", "output": res.output.name,
-                             "seconds": f"{res.seconds:.1f}", "error": ""})
+                             "seconds": f"{res.seconds:.2f}", "error": ""})
         except StainLDMError as exc:
             if args.debug:
                 raise
             msg = one_line(exc)
             status = "skipped" if "no tissue" in msg else "failed"
             manifest.record({"slide": key, "status": status, "output": "", "error": msg,
-                             "seconds": f"{time.perf_counter() - t0:.1f}"})
+                             "seconds": f"{time.perf_counter() - t0:.2f}"})
             if status == "failed":
                 failures.append((slide_path, msg))
             log.warning("%s: %s", slide_path.name, status)

@@ -21,12 +21,13 @@ def add_parser(sub, common) -> None:
     p.add_argument("--config", type=Path, help="workflow YAML (its train: section), e.g. configs/demo.yaml")
     p.add_argument("--store", type=Path, help="tile store (overrides train.data.store)")
     p.add_argument("--autoencoder", type=Path, help="trained autoencoder run (ldm only)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a train key, e.g. --set steps=200 --set optim.lr=1e-4 (repeatable)")
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override train keys, e.g. --set steps=200 optim.lr=1e-4 (or --set repeated)")
     p.add_argument("--out", type=Path, help="run folder (default runs/<kind>-<time>)")
     p.add_argument("--resume", type=Path, metavar="RUN", help="continue an interrupted run exactly")
     p.add_argument("--wandb", choices=("online", "offline", "disabled"), help="tracking mode (default offline)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.add_argument("--device", help="auto, cpu, cuda (under torchrun/srun: cuda:LOCAL_RANK) or cuda:N; "
+                                    "default: train.device, auto")
     p.set_defaults(run=run)
 
 

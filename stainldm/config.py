@@ -35,13 +35,18 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, where: str = "") 
         where: dotted prefix used in error messages (``"train.optim"``).
 
     Raises:
-        ConfigError: on an unknown key (with a close match suggested) or a value of the wrong type.
+        ConfigError: on an unknown key (with a close match suggested), a removed key (a class may list
+            them, with what replaced each, in a ``REMOVED_KEYS`` class variable) or a value of the wrong type.
     """
     data = {} if data is None else data
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where or 'config'}: expected a mapping of keys, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    removed = getattr(cls, "REMOVED_KEYS", {})  # old keys a config may still hold: say what replaced them
+    for key in data:
+        if key in removed and key not in fields:
+            raise ConfigError(f"config key '{_join(where, str(key))}' was removed: {removed[key]}")
     unknown = [k for k in data if k not in fields]
     if unknown:
         key = unknown[0]

@@ -2,24 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path) -> Iterator[IO[bytes]]:
+    """A binary file to write ``path`` through: it is written under a temporary name beside
+    ``path``, flushed to disk and renamed when the block ends, so a reader (or a rerun after a
+    crash) sees the old file or the whole new one, never a part. If the block raises, the temporary
+    file is removed and ``path`` is untouched. Streams: nothing is held in memory."""
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Writes ``data`` to a temporary name beside ``path``, flushed to disk, then renames it: a reader
-    (or a rerun after a crash) sees the old file or the whole new one, never a part."""
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    with open(tmp, "wb") as fh:
+    """Writes ``data`` to ``path`` through :func:`atomic_writer`."""
+    with atomic_writer(path) as fh:
         fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -6,12 +6,19 @@ on the canvas with smooth weights (MultiDiffusion, Bar-Tal et al. 2023), before 
 update. The fewest windows that cover the canvas are used, and the spare overlap between them is
 redrawn at every step, so window borders never stay in one place and no seam can form even with
 small overlaps, while the overlap cost stays at its minimum.
+
+Which windows: :func:`choose_window` prices every layout with a :class:`WindowCost`, the network's
+FLOPs as a function of the window's area — linear for convolutions, quadratic for attention, whose
+tokens grow with the window — so a model with attention at high resolution is sampled in windows
+near the training tile, and one without in as few windows as possible (a TMA core in one).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -90,6 +97,92 @@ def axis_window(length: int, *, window: int, overlap: int, multiple: int = 1, ma
     return best
 
 
+@dataclass(frozen=True)
+class WindowCost:
+    """The cost of one network evaluation of a window of ``A`` latent pixels.
+
+    FLOPs = ``fixed + per_px · A + per_px2 · A²``: convolutions and projections grow with the window's
+    area; self-attention over ``L`` tokens costs 4·C·L² per layer (Q·Kᵀ and the weighted sum), and
+    ``L`` grows with the area, as do the semantic tokens that cross-attention reads. Fitted to
+    counted FLOPs of the real network (``StainModel.window_cost``).
+
+    ``attention_px2`` is MONAI's math attention path's largest matrix, in elements per A²
+    (heads × (L/A)² of the attention level with the most): the memory SDPA saves.
+    """
+
+    fixed: float
+    per_px: float
+    per_px2: float
+    attention_px2: float = 0.0
+
+    @classmethod
+    def fit(cls, areas: Sequence[float], flops: Sequence[float], *, attention_px2: float = 0.0) -> WindowCost:
+        """The exact quadratic through three ``(area, flops)`` counts."""
+        assert len(areas) == len(flops) == 3, "three counts fit a quadratic"
+        a = torch.tensor([[1.0, x, x * x] for x in areas], dtype=torch.float64)
+        c = torch.linalg.solve(a, torch.tensor(list(flops), dtype=torch.float64)).tolist()
+        return cls(max(c[0], 0.0), max(c[1], 0.0), max(c[2], 0.0), attention_px2)
+
+    def flops(self, window_hw: tuple[int, int]) -> float:
+        area = window_hw[0] * window_hw[1]
+        return self.fixed + self.per_px * area + self.per_px2 * area * area
+
+    def attention_bytes(self, window_hw: tuple[int, int], *, batch: int = 1, element_bytes: int = 4) -> float:
+        """Memory of the math path's attention matrices for ``batch`` windows (scores and softmax)."""
+        area = window_hw[0] * window_hw[1]
+        return 2 * batch * self.attention_px2 * area * area * element_bytes
+
+
+def _axis_options(length: int, *, window: int, overlap: int, multiple: int, max_scale: float, whole_max: int
+                  ) -> list[tuple[int, int, bool]]:
+    """``(window, count, pinned)`` for one canvas axis: windows of ``window`` … ``max_scale · window``
+    (multiples of ``multiple``), and the whole axis as one window when it is at most ``whole_max``."""
+    out = {}
+    if length <= max(whole_max, window):
+        out[length] = (length, 1, False)
+    for w in range(math.ceil(window / multiple) * multiple, int(window * max_scale) + 1, multiple):
+        if length <= w:
+            out.setdefault(length, (length, 1, False))
+            continue
+        n = math.ceil((length - overlap) / (w - overlap))
+        pinned = n >= 3 and n * w - length - overlap * (n - 1) < n - 1
+        out[w] = (w, n, pinned)
+    return list(out.values())
+
+
+def choose_window(size_hw: tuple[int, int], *, tile: int, overlap: int, multiple: int = 1,
+                  cost: WindowCost | None = None, whole_max: int = 0, max_scale: float = 1.5,
+                  memory_budget: float | None = None, batch: int = 1) -> tuple[int, int]:
+    """The window ``(wy, wx)`` that samples an ``h × w`` canvas at the least cost.
+
+    Candidates: the whole canvas as one window (no borders at all) where both sides are at most
+    ``whole_max``, and windows of 1 … ``max_scale`` training tiles (``tile``), multiples of
+    ``multiple``, covering the canvas with at least ``overlap``. Each layout costs its window count
+    times ``cost.flops(window)`` (without a cost model, the pixels evaluated). Among layouts within
+    5 % of the cheapest, one whose borders can move at every step is preferred (see
+    :func:`axis_window`); within 2 % of the choice, the one with the fewest windows.
+
+    Args:
+        memory_budget: bytes the math attention path may hold (``cost.attention_bytes`` for
+            ``batch`` windows); None when attention runs through SDPA, whose memory is linear.
+    """
+    h, w = size_hw
+    price = cost.flops if cost is not None else (lambda hw: float(hw[0] * hw[1]))
+    opts = [_axis_options(n, window=tile, overlap=overlap, multiple=multiple, max_scale=max_scale, whole_max=whole_max)
+            for n in (h, w)]
+    layouts = []
+    for (wy, ny, py), (wx, nx, px) in itertools.product(*opts):
+        if memory_budget is not None and cost is not None and wy * wx > tile * tile and \
+                cost.attention_bytes((wy, wx), batch=batch) > memory_budget:
+            continue  # larger than a tile and over the budget: a tile always stays possible
+        layouts.append((ny * nx * price((wy, wx)), ny * nx, py or px, (wy, wx)))
+    cheapest = min(c for c, *_ in layouts)
+    free = [lay for lay in layouts if not lay[2] and lay[0] <= 1.05 * cheapest]
+    pool = free or layouts
+    pick = min(pool)[0]
+    return min((lay for lay in pool if lay[0] <= 1.02 * pick), key=lambda lay: (lay[1], lay[0]))[3]
+
+
 def window_grid(size_hw: tuple[int, int], *, window: tuple[int, int] | int, overlap: int,
                 jitter_seed: int | None = None) -> list[tuple[int, int]]:
     """``(y, x)`` starts of all windows (of ``window`` = (wy, wx)) over a canvas of ``size_hw``."""
@@ -101,29 +194,32 @@ def window_grid(size_hw: tuple[int, int], *, window: tuple[int, int] | int, over
     return [(y, x) for y in ys for x in xs]
 
 
-def fuse_windows(predict: Callable[[list[tuple[int, int]]], torch.Tensor], positions: Sequence[tuple[int, int]],
+def fuse_windows(predict: Callable[[list[tuple[int, ...]]], torch.Tensor], positions: Sequence[tuple[int, ...]],
                  *, canvas: torch.Tensor, window: tuple[int, int], weight: torch.Tensor, batch: int) -> torch.Tensor:
     """Weighted average on the canvas of window predictions.
 
     Args:
-        predict: ``predict(starts)`` -> ``(len(starts), C, window, window)`` predictions.
-        positions: window starts ``(y, x)``.
-        canvas: a tensor of the output's shape ``(1, C, H, W)`` (its values are not used).
+        predict: ``predict(starts)`` -> ``(len(starts), C, wy, wx)`` predictions.
+        positions: window starts ``(y, x)`` on a canvas ``(1, C, H, W)``, or ``(n, y, x)`` on canvas
+            ``n`` of a stack ``(N, C, H, W)`` of equal canvases: windows of several canvases then
+            share network calls.
+        canvas: a tensor of the output's shape (its values are not used).
         window: window size ``(wy, wx)``.
         weight: ``(wy, wx)`` fusion weight (clipped to the canvas for small canvases).
         batch: windows per model call.
     """
     acc = torch.zeros_like(canvas, dtype=torch.float32)
-    norm = torch.zeros((1, 1, *canvas.shape[-2:]), device=canvas.device, dtype=torch.float32)
+    norm = torch.zeros((canvas.shape[0], 1, *canvas.shape[-2:]), device=canvas.device, dtype=torch.float32)
     h, w = canvas.shape[-2:]
     wh, ww = min(window[0], h), min(window[1], w)
     wt = weight[:wh, :ww].to(torch.float32)
     for i in range(0, len(positions), batch):
         chunk = list(positions[i : i + batch])
         out = predict(chunk).to(torch.float32)  # (b, C, wh, ww)
-        for k, (y, x) in enumerate(chunk):
-            acc[0, :, y : y + wh, x : x + ww] += out[k] * wt
-            norm[0, :, y : y + wh, x : x + ww] += wt
+        for k, pos in enumerate(chunk):
+            n, y, x = pos if len(pos) == 3 else (0, *pos)
+            acc[n, :, y : y + wh, x : x + ww] += out[k] * wt
+            norm[n, :, y : y + wh, x : x + ww] += wt
     return (acc / norm.clamp_min(1e-8)).to(canvas.dtype)
 
 

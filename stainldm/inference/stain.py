@@ -5,10 +5,11 @@
 
 Per region (a TMA core or a connected tissue piece, from the tissue mask; glass is skipped and
 stays white) the unstained input is read at the model's mpp and sampled on one latent canvas
-(:mod:`stainldm.inference.canvas`): noise drawn once per canvas from the slide seed, windows
-fused at every step, tiled decoding with blending. Regions larger than ``max_canvas_px`` are
-split into overlapping sub-canvases, blended where they meet. Results go to a temporary on-disk
-canvas (zarr), so memory does not grow with the slide, and are then streamed into the TIFF.
+(:mod:`stainldm.inference.model`). Regions larger than ``max_canvas_px`` are split into overlapping
+sub-canvases, blended where they meet. On a GPU, whole regions of similar size are sampled together
+(their windows share network calls). Reading the next canvases and writing finished ones run in
+threads beside the model. Results go to a temporary on-disk canvas (zarr), so memory does not grow
+with the slide, and are then streamed into the TIFF.
 """
 
 from __future__ import annotations
@@ -18,272 +19,30 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from scipy import ndimage as ndi
 
 import stainldm
-from stainldm.errors import CheckpointError, InputError
+from stainldm.device import describe
+from stainldm.errors import InputError
 from stainldm.files import atomic_write_png, atomic_write_text
-from stainldm.inference.canvas import axis_window, decode_tiled, fuse_windows, window_grid, window_weight
-from stainldm.models.ldm import Condition
+from stainldm.inference.config import CANVAS_BLEND_PX, StainConfig, check_stain_config
+from stainldm.inference.model import SKIP_MARGIN_PX, StainModel
 from stainldm.wsi.reader import SlideReader
-from stainldm.wsi.tissue import TissueConfig, slide_mask
+from stainldm.wsi.tissue import slide_mask
 from stainldm.wsi.writer import write_pyramid
 
+__all__ = ["CANVAS_BLEND_PX", "SKIP_MARGIN_PX", "StainConfig", "StainModel", "StainResult", "batch_canvases",
+           "check_stain_config", "region_canvases", "split_canvas", "stain_slide", "tissue_regions"]
+
 log = logging.getLogger(__name__)
-CANVAS_BLEND_PX = 64  # sub-canvases of a large region overlap and cross-fade over this many output px
-SKIP_MARGIN_PX = 32  # windows farther than this from tissue are skipped (beyond the decoder's reach)
-
-
-@dataclass(frozen=True)
-class StainConfig:
-    """How a slide is stained.
-
-    Attributes:
-        steps, sampler, guidance, eta: sampling (LDM only).
-        seed: the slide seed (noise of every canvas derives from it).
-        samples: K > 1 draws K samples; the output is their mean and the uncertainty their std.
-        batch_size: windows per network call.
-        overlap_px: least overlap of neighbouring windows, in output pixels.
-        max_canvas_px: largest canvas edge (output pixels) sampled at once (memory budget).
-        single_window_scale: an LDM canvas whose sides are at most this many training tiles is
-            sampled as one window: no overlap and no window borders (a TMA core, at the demo's
-            1 µm/px up to 384 px). Larger canvases use windows of 1–1.5 tiles: on a CPU, batches
-            of 3-tile windows sampled a 1241 px canvas 12 % slower for 9 % fewer evaluations.
-        tile_px: tile edge of the output TIFF.
-        modality: tissue-detection model of the input (``auto`` guesses).
-        tissue: tissue-detection parameters.
-        region_margin_px: glass kept around each tissue region (output pixels).
-    """
-
-    steps: int = 10
-    sampler: str = "dpmpp_2m"
-    guidance: float = 1.0
-    eta: float = 0.0
-    seed: int = 0
-    samples: int = 1
-    batch_size: int = 8
-    overlap_px: int = 16
-    max_canvas_px: int = 2048
-    single_window_scale: float = 3.0
-    tile_px: int = 256
-    modality: str = "auto"
-    region_margin_px: int = 16
-    skip_glass: bool = True  # windows on glass inside a region's box are not run through the network
-    tissue: TissueConfig = field(default_factory=TissueConfig)
-
-
-def check_stain_config(cfg: StainConfig) -> None:
-    if cfg.steps <= 0:
-        raise InputError(f"--steps must be positive, got {cfg.steps}")
-    if cfg.samples <= 0:
-        raise InputError(f"--samples must be positive, got {cfg.samples}")
-    if cfg.batch_size <= 0:
-        raise InputError(f"--batch-size must be positive, got {cfg.batch_size}")
-    if cfg.overlap_px < 0:
-        raise InputError(f"--overlap must be 0 or more, got {cfg.overlap_px}")
-    if not 1.0 <= cfg.single_window_scale <= 8.0:
-        raise InputError(f"single_window_scale must be between 1 and 8 (training tiles), got {cfg.single_window_scale}")
-    if cfg.max_canvas_px < 2 * CANVAS_BLEND_PX:
-        raise InputError(f"max_canvas_px ({cfg.max_canvas_px}) must be at least {2 * CANVAS_BLEND_PX} "
-                         f"(sub-canvases cross-fade over {CANVAS_BLEND_PX} px)")
-
-
-# ---------------------------------------------------------------------------------------------
-# The model
-# ---------------------------------------------------------------------------------------------
-class StainModel:
-    """A trained ldm (with its autoencoder) or baseline, ready to stain."""
-
-    def __init__(self, kind: str, meta: dict, net: torch.nn.Module, ae: torch.nn.Module | None, path: Path,
-                 device: torch.device):
-        self.kind, self.meta, self.net, self.ae, self.path, self.device = kind, meta, net, ae, path, device
-        self.in_channels = int(meta["in_channels"])
-        self.mpp = float(meta["mpp"]) if meta.get("mpp") else None
-        self.tile_px = int(meta["tile_px"])
-        stats = meta["input_stats"]
-        self.low = torch.tensor(stats["low"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        self.high = torch.tensor(stats["high"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        self.f = int(meta.get("downsampling", 1)) if kind == "ldm" else 1
-        if kind == "ldm":
-            self.multiple = 2 ** (len(meta["config"]["denoiser"]["channels"]) - 1)
-            self.latent_scale = float(meta["latent_scale"])
-        else:
-            self.multiple = 16  # BasicUNet: four 2× poolings
-            self.latent_scale = 1.0
-
-    @classmethod
-    def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> StainModel:
-        """Loads an ldm or baseline run folder (or its model.json).
-
-        Raises:
-            CheckpointError: missing/corrupt files, or an autoencoder (which cannot stain).
-        """
-        from stainldm.config import from_dict
-        from stainldm.models.autoencoder import AutoencoderConfig, build_autoencoder
-        from stainldm.models.baseline import BaselineConfig, BaselineUNet
-        from stainldm.models.ldm import LatentDiffusion, LDMConfig
-        from stainldm.train.checkpoint import load_weights, read_model_json
-
-        path = Path(path)
-        folder = path if path.is_dir() else path.parent
-        meta = read_model_json(path)
-        kind = meta.get("kind")
-        device = torch.device(device)
-        if kind == "ldm":
-            cfg = from_dict(LDMConfig, meta["config"], where="ldm")
-            net = LatentDiffusion(cfg, in_channels=int(meta["in_channels"]), latent_channels=int(meta["latent_channels"]),
-                                  downsampling=int(meta["downsampling"]))
-            load_weights(net, folder / "model.safetensors")
-            ae = build_autoencoder(from_dict(AutoencoderConfig, meta["autoencoder"]["config"], where="autoencoder"))
-            load_weights(ae, folder / "autoencoder.safetensors")
-            ae = ae.eval().to(device)
-        elif kind == "baseline":
-            net = BaselineUNet(from_dict(BaselineConfig, meta["config"], where="baseline"),
-                               in_channels=int(meta["in_channels"]))
-            load_weights(net, folder / "model.safetensors")
-            ae = None
-        else:
-            raise CheckpointError(f"{folder}: is a {kind} checkpoint; staining needs an ldm or baseline run")
-        if not meta.get("mpp"):
-            raise CheckpointError(f"{folder}: model.json does not record the tile mpp it was trained at")
-        return cls(kind, meta, net.eval().to(device), ae, folder, device)
-
-    def normalise(self, u: np.ndarray) -> torch.Tensor:
-        """``(H, W, C)`` slide pixels -> ``(1, C, H, W)`` model input in ~[-1, 1]."""
-        x = torch.from_numpy(np.ascontiguousarray(u.transpose(2, 0, 1))).to(self.device, torch.float32)[None]
-        return ((x - self.low) / (self.high - self.low)).clamp(0, 1.5) * 2 - 1
-
-    # -- one canvas -----------------------------------------------------------------------------
-    @torch.no_grad()
-    def stain_canvas(self, x: torch.Tensor, cfg: StainConfig, *, seed: int, tissue: np.ndarray | None = None
-                     ) -> torch.Tensor:
-        """``(1, C_in, H, W)`` input -> ``(K, 3, H, W)`` H&E in [-1, 1] (K = cfg.samples).
-
-        ``tissue``: optional ``(H, W)`` weight, 0 on glass; windows with no tissue near them are not
-        run through the network (background skipping) — their pixels are left for the caller to
-        paint as glass, and come back as 0 (mid-grey)."""
-        h, w = x.shape[-2:]
-        unit = self.f * self.multiple
-        ph, pw = (-h) % unit, (-w) % unit
-        pad_h, pad_w = max(ph, self.tile_px - h, 0), max(pw, self.tile_px - w, 0)
-        pad_h += (-(h + pad_h)) % unit
-        pad_w += (-(w + pad_w)) % unit
-        if pad_h or pad_w:  # reflect (replicate when the canvas is too small to reflect)
-            mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-            x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-        near = shown = None
-        if tissue is not None:
-            import cv2
-
-            t = np.zeros(x.shape[-2:], bool)
-            t[:h, :w] = tissue > 0
-            if t.any():
-                k = 2 * SKIP_MARGIN_PX + 1
-                near = cv2.dilate(t.view(np.uint8), np.ones((k, k), np.uint8)).astype(bool)
-                shown = t
-        if self.kind == "baseline":
-            out = self._baseline_canvas(x, cfg, near=near).expand(cfg.samples, -1, -1, -1)
-        else:
-            out = torch.cat([self._ldm_canvas(x, cfg, seed=seed * 1_000 + k, near=near, shown=shown)
-                             for k in range(cfg.samples)])
-        return out[:, :, :h, :w]
-
-    def _baseline_canvas(self, x: torch.Tensor, cfg: StainConfig, *, near: np.ndarray | None = None) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        win = (axis_window(h, window=self.tile_px, overlap=cfg.overlap_px, multiple=16),
-               axis_window(w, window=self.tile_px, overlap=cfg.overlap_px, multiple=16))
-        positions = _with_tissue(window_grid((h, w), window=win, overlap=cfg.overlap_px), win, near)
-        weight = window_weight(win, overlap=cfg.overlap_px, device=x.device)
-
-        def predict(chunk):
-            return self.net(torch.cat([x[:, :, y : y + win[0], xx : xx + win[1]] for y, xx in chunk]))
-
-        canvas = torch.zeros((1, 3, h, w), device=x.device)
-        return fuse_windows(predict, positions, canvas=canvas, window=win, weight=weight, batch=cfg.batch_size)
-
-    def ldm_windows(self, h: int, w: int, cfg: StainConfig) -> tuple[tuple[int, int], int]:
-        """Window size ``(wy, wx)`` and overlap, in latent px, for an ``h × w`` latent canvas.
-
-        A canvas of at most ``cfg.single_window_scale`` tiles a side is one window. Otherwise the
-        overlap is ``cfg.overlap_px``; windows up to 1.5× the training tile keep the cost near its
-        minimum, and among the cheapest the one that leaves spare overlap is taken, so that the
-        borders move at every step (the spare is redrawn) and never stay put
-        (``benchmarks/stain.py``)."""
-        tile = self.tile_px // self.f
-        overlap = max(1, math.ceil(cfg.overlap_px / self.f))
-        if max(h, w) <= cfg.single_window_scale * tile:
-            return (h, w), overlap
-        win = tuple(axis_window(n, window=tile, overlap=overlap, multiple=self.multiple, movable=True) for n in (h, w))
-        return win, overlap
-
-    def decode_tiles(self, h: int, w: int) -> tuple[tuple[int, int], int]:
-        """Decode tile size ``(th, tw)`` and overlap, in latent px, for an ``h × w`` latent canvas:
-        the fewest tiles of 1–1.5× the training tile (the decoder's attention, when it has one,
-        grows with the square of the tile's area)."""
-        tile = max(self.tile_px // self.f, 16)
-        overlap = max(2, tile // 8)
-        return tuple(axis_window(n, window=tile, overlap=overlap) for n in (h, w)), overlap
-
-    def _ldm_canvas(self, x: torch.Tensor, cfg: StainConfig, *, seed: int, near: np.ndarray | None = None,
-                    shown: np.ndarray | None = None) -> torch.Tensor:
-        """One sample of a padded canvas. ``near``: pixels whose windows must run (tissue and a
-        margin); ``shown``: pixels the caller keeps (tissue weight > 0), the only ones decoded."""
-        from stainldm.diffusion.samplers import sample as run_sampler
-
-        ldm, f = self.net, self.f
-        h, w = x.shape[-2] // f, x.shape[-1] // f
-        win, overlap = self.ldm_windows(h, w, cfg)
-        near_z = None if near is None else near.reshape(h, f, w, f).any(axis=(1, 3))  # latent px near tissue
-        weight = window_weight(win, overlap=overlap, device=x.device)
-        spatial = ldm.stem(x) if ldm.stem is not None else None  # (1, c, h, w): the stem is convolutional
-        fmap = ldm.semantic.feature_map(x) if ldm.semantic is not None else None  # (1, D, H/r, W/r)
-        r = ldm.semantic.reduction // f if ldm.semantic is not None else 1  # latent px per token
-
-        def window_condition(chunk) -> Condition:
-            sp = torch.cat([spatial[:, :, y : y + win[0], xx : xx + win[1]] for y, xx in chunk]) if spatial is not None else None
-            tok = None
-            if fmap is not None:
-                crops = [fmap[:, :, y // r : max(y // r + 1, (y + win[0]) // r), xx // r : max(xx // r + 1, (xx + win[1]) // r)]
-                         for y, xx in chunk]
-                size = crops[0].shape[-2:]
-                crops = [c if c.shape[-2:] == size else torch.nn.functional.interpolate(c, size=size) for c in crops]
-                tok = ldm.semantic.tokens(torch.cat(crops))
-            return Condition(sp, tok)
-
-        calls = [0]
-
-        def model_fn(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            positions = _with_tissue(window_grid((h, w), window=win, overlap=overlap, jitter_seed=seed * 997 + calls[0]),
-                                     win, near_z)
-            calls[0] += 1
-
-            def predict(chunk):
-                zb = torch.cat([z[:, :, y : y + win[0], xx : xx + win[1]] for y, xx in chunk])
-                tb = t[:1].expand(len(chunk))
-                return ldm.guided(window_condition(chunk), cfg.guidance)(zb, tb)
-
-            return fuse_windows(predict, positions, canvas=z, window=win, weight=weight, batch=cfg.batch_size)
-
-        g = torch.Generator(device=x.device).manual_seed(seed)
-        noise = torch.randn((1, ldm.latent_channels, h, w), generator=g, device=x.device)
-        kwargs = {"eta": cfg.eta} if cfg.sampler == "ddim" else {}
-        z0 = run_sampler(cfg.sampler, model_fn, ldm.schedule, noise, steps=cfg.steps, generator=g, **kwargs)
-        keep = None if shown is None else torch.from_numpy(shown.reshape(h, f, w, f).any(axis=(1, 3)))
-        dec_tile, dec_overlap = self.decode_tiles(h, w)
-        return decode_tiled(lambda zt: self.ae.decode(zt / self.latent_scale), z0, tile=dec_tile,
-                            overlap=dec_overlap, scale=f, keep=keep, batch=self._decode_batch(cfg)).clamp(-1, 1)
-
-    def _decode_batch(self, cfg: StainConfig) -> int:
-        """Decode tiles per call: ``batch_size`` on a GPU; one on a CPU, where the decoder's
-        full-resolution activations make batches slower per pixel (8 tiles of 80² latent px: 83 µs
-        per latent px against 50 µs one at a time, demo model, one thread)."""
-        return cfg.batch_size if self.device.type == "cuda" else 1
+BATCH_AREA_SLACK = 1.15  # canvases share a network call when padding them to one size adds at most 15 %
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,6 +101,40 @@ def region_canvases(regions: list[tuple[int, int, int, int]], size_wh: tuple[int
             for c in split_canvas(_clip(box, *size_wh), max_px=cfg.max_canvas_px, overlap=CANVAS_BLEND_PX)]
 
 
+def batch_canvases(model: StainModel, regions: list[tuple[int, int, int, int]], size_wh: tuple[int, int],
+                   cfg: StainConfig) -> list[list[tuple[int, int, int, int]]]:
+    """The canvases of :func:`region_canvases`, in batches sampled together.
+
+    With ``cfg.group_canvases`` (by default on a GPU), regions that are one canvas (TMA cores) and
+    pad to about one size (at most ``BATCH_AREA_SLACK`` more area) share a batch of up to
+    ``cfg.batch_size`` windows × samples; the sub-canvases of a split region stay alone and in raster
+    order (each cross-fades into the ones before it). Otherwise each canvas is its own batch.
+    """
+    batches: list[list[tuple[int, int, int, int]]] = []
+    group = cfg.group_canvases if cfg.group_canvases is not None else model.device.type == "cuda"
+    if not group:
+        return [[c] for c in region_canvases(regions, size_wh, cfg)]
+    open_: dict[tuple[int, int], list] = {}  # group size -> canvases waiting
+    for box in regions:
+        parts = split_canvas(_clip(box, *size_wh), max_px=cfg.max_canvas_px, overlap=CANVAS_BLEND_PX)
+        if len(parts) > 1:
+            batches += [[p] for p in parts]
+            continue
+        (canvas,) = parts
+        hw = model.padded_size(canvas[3], canvas[2])
+        key = next((k for k in open_ if k[0] >= hw[0] and k[1] >= hw[1] and k[0] * k[1] <= BATCH_AREA_SLACK * hw[0] * hw[1]),
+                   None)
+        if key is None:
+            key = (math.ceil(hw[0] * 1.07 / model.multiple / model.f) * model.multiple * model.f,
+                   math.ceil(hw[1] * 1.07 / model.multiple / model.f) * model.multiple * model.f)
+            open_[key] = []
+        open_[key].append(canvas)
+        per_call = max(1, cfg.batch_size // (model.windows_per_canvas(*key, cfg) * cfg.samples))
+        if len(open_[key]) >= per_call:
+            batches.append(open_.pop(key))
+    return batches + list(open_.values())
+
+
 @dataclass
 class StainResult:
     output: Path
@@ -385,27 +178,38 @@ def stain_slide(slide: SlideReader, model: StainModel, out: Path, cfg: StainConf
         std = zarr.create_array(str(work / "std.zarr"), shape=(out_h, out_w, 1), chunks=(512, 512, 1),
                                 dtype="float32", fill_value=0.0) if cfg.samples > 1 else None
         canvases = region_canvases(regions, (out_w, out_h), cfg)
+        seeds = {c: (cfg.seed * 100_003 + ci) % 2**31 for ci, c in enumerate(canvases)}  # by raster index
+        batches = batch_canvases(model, regions, (out_w, out_h), cfg)
         grown = _grown_mask(mask, cfg, out_mpp=out_mpp)  # once per slide, not per canvas
         if progress is not None:
             progress.reset(total=len(canvases))
+
+        def read(batch):  # in the reader thread: slide pixels and tissue weights of a batch
+            return [(slide.read_at_mpp((x * f, y * f), (w, h), out_mpp),
+                     _tissue_weight(grown, cfg, out_mpp=out_mpp, box=(x, y, w, h))) for x, y, w, h in batch]
+
         done_boxes: list[tuple[int, int, int, int]] = []
-        for ci, (x, y, w, h) in enumerate(canvases):
-            u = slide.read_at_mpp((x * f, y * f), (w, h), out_mpp)
-            xin = model.normalise(u)
-            tissue = _tissue_weight(grown, cfg, out_mpp=out_mpp, box=(x, y, w, h))
-            outs = model.stain_canvas(xin, cfg, seed=(cfg.seed * 100_003 + ci) % 2**31,
-                                      tissue=tissue if cfg.skip_glass else None)  # (K, 3, h, w)
-            mean = ((outs.mean(0).permute(1, 2, 0).float().cpu().numpy() + 1) * 127.5).clip(0, 255)
-            glass = 1 - tissue
-            mean = mean * (1 - glass[..., None]) + 255 * glass[..., None]  # glass inside a region's box: white
-            _blend_into(rgb, mean, (x, y), done_boxes, CANVAS_BLEND_PX)
-            if std is not None:
-                sd = (outs.float().std(0).mean(0) * 127.5).cpu().numpy()[..., None]  # uint8 units
-                sd = sd * (1 - glass[..., None])  # white glass is certain, as the output shows it
-                std[y : y + h, x : x + w] = sd.astype(np.float32)
-            done_boxes.append((x, y, w, h))
-            if progress is not None:
-                progress.update(1)
+
+        def write(batch, outs, tissues):  # in the writer thread, in batch order
+            for box, o, tissue in zip(batch, outs, tissues, strict=True):
+                x, y, w, h = box
+                glass = (1 - tissue)[..., None]
+                mean = ((o.mean(0).permute(1, 2, 0).numpy() + 1) * 127.5).clip(0, 255)
+                mean = mean * (1 - glass) + 255 * glass  # glass inside a region's box: white
+                _blend_into(rgb, mean, (x, y), done_boxes, CANVAS_BLEND_PX)
+                if std is not None:
+                    sd = (o.std(0).mean(0) * 127.5).numpy()[..., None]  # uint8 units
+                    std[y : y + h, x : x + w] = (sd * (1 - glass)).astype(np.float32)  # white glass is certain
+                done_boxes.append(box)
+
+        with _Overlap(enabled=cfg.prefetch) as overlap:
+            for batch, inputs in overlap.read_ahead(read, batches):
+                tissues = [t for _, t in inputs]
+                outs = model.stain_batch([model.normalise(u) for u, _ in inputs], cfg, seeds=[seeds[c] for c in batch],
+                                         tissues=tissues if cfg.skip_glass else None)  # [(K, 3, h, w)]
+                overlap.write(write, batch, [o.float().cpu() for o in outs], tissues)
+                if progress is not None:
+                    progress.update(len(batch))
         meta = {"input": str(slide.path), "checkpoint": str(model.path), "model_kind": model.kind,
                 **(provenance or {})}
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -429,9 +233,57 @@ def stain_slide(slide: SlideReader, model: StainModel, out: Path, cfg: StainConf
               "output": out.name, "uncertainty": unc.name if unc else None, "mpp": out_mpp,
               "size_wh": [out_w, out_h], "regions": len(regions), "tissue_fraction": round(frac, 4),
               "checkpoint": str(model.path), "model_kind": model.kind,
+              "device": describe(model.device), "precision": model.precision,
+              "attention": "sdpa" if model.sdpa else "math", "batches": len(batches),
               "stain_config": _plain(cfg), "seconds": round(seconds, 2), **(provenance or {})}
     atomic_write_text(prov, json.dumps(record, indent=1))
     return StainResult(out, unc, thumb, prov, len(regions), frac, seconds)
+
+
+class _Overlap:
+    """Reading ahead and writing behind in two threads, so the model is not kept waiting for the
+    slide or the disk: one batch is read while the previous one is sampled, and a finished batch is
+    written while the next one is. Order is kept; an error in a thread surfaces in the caller."""
+
+    def __init__(self, *, enabled: bool = True):
+        self.enabled = enabled
+        self._pools: list[ThreadPoolExecutor] = []
+        self._pending: Future | None = None
+
+    def __enter__(self) -> _Overlap:
+        if self.enabled:
+            self._pools = [ThreadPoolExecutor(1, thread_name_prefix="stain-read"),
+                           ThreadPoolExecutor(1, thread_name_prefix="stain-write")]
+        return self
+
+    def read_ahead(self, read: Callable, items: list) -> Iterator[tuple[Any, Any]]:
+        """``(item, read(item))`` in order, the next item's read already under way."""
+        if not self.enabled:
+            for item in items:
+                yield item, read(item)
+            return
+        nxt = self._pools[0].submit(read, items[0]) if items else None
+        for k, item in enumerate(items):
+            got = nxt.result()
+            nxt = self._pools[0].submit(read, items[k + 1]) if k + 1 < len(items) else None
+            yield item, got
+
+    def write(self, fn: Callable, *args) -> None:
+        """``fn(*args)`` behind the caller, after the previous write (at most one waits)."""
+        if not self.enabled:
+            fn(*args)
+            return
+        if self._pending is not None:
+            self._pending.result()
+        self._pending = self._pools[1].submit(fn, *args)
+
+    def __exit__(self, exc_type, *exc) -> None:
+        try:
+            if self._pending is not None and exc_type is None:
+                self._pending.result()
+        finally:
+            for pool in self._pools:
+                pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _grown_mask(mask: np.ndarray, cfg: StainConfig, *, out_mpp: float) -> np.ndarray:
@@ -458,15 +310,6 @@ def _tissue_weight(grown: np.ndarray, cfg: StainConfig, *, out_mpp: float, box: 
     m = cv2.remap(crop, gx, gy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     sigma = max(1.0, cfg.region_margin_px / 4)
     return np.clip(cv2.GaussianBlur(m, (0, 0), sigma) * 1.5, 0, 1)
-
-
-def _with_tissue(positions: list[tuple[int, int]], win: tuple[int, int], near: np.ndarray | None
-                 ) -> list[tuple[int, int]]:
-    """The windows that touch ``near`` (all of them without a map)."""
-    if near is None:
-        return positions
-    keep = [(y, x) for y, x in positions if near[y : y + win[0], x : x + win[1]].any()]
-    return keep or positions
 
 
 def _clip(box, w, h):

@@ -79,7 +79,19 @@ def build_autoencoder(cfg: AutoencoderConfig) -> nn.Module:
         num_res_blocks=(cfg.num_res_blocks,) * n, attention_levels=(False,) * n,
         latent_channels=cfg.latent_channels, norm_num_groups=cfg.norm_num_groups,
         with_encoder_nonlocal_attn=cfg.attention, with_decoder_nonlocal_attn=cfg.attention,
+        use_flash_attention=True,  # SDPA: same function, memory linear in the tokens (models/_runtime.py)
     )
+
+
+def encode_mean(ae: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The latent mean μ ``(B, C_lat, H/f, W/f)`` of images ``x`` in float32.
+
+    Under autocast the encoder computes in bf16/fp16, but its last 1×1 projection runs in float32,
+    so the latent the diffusion model learns is not rounded to 8 bits of mantissa.
+    """
+    h = ae.encoder(x)  # (B, C_top, H/f, W/f), in the autocast dtype
+    with torch.autocast(x.device.type, enabled=False):
+        return ae.quant_conv_mu(h.float())
 
 
 def kl_divergence(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

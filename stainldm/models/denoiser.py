@@ -51,4 +51,5 @@ def build_denoiser(cfg: DenoiserConfig, *, in_channels: int, out_channels: int,
         norm_num_groups=cfg.norm_num_groups, num_head_channels=cfg.num_head_channels,
         with_conditioning=cross_attention_dim is not None, cross_attention_dim=cross_attention_dim,
         transformer_num_layers=cfg.transformer_num_layers,
+        use_flash_attention=True,  # SDPA: same function, memory linear in the tokens (models/_runtime.py)
     )

@@ -63,11 +63,14 @@ class LatentDiffusion(nn.Module):
     # -- conditioning ---------------------------------------------------------------------------
     def encode_condition(self, x_cond: torch.Tensor, drop: torch.Tensor | None = None) -> Condition:
         """Encodes ``(B, C_in, H, W)`` unstained tiles; rows where ``drop`` is True get the null
-        condition."""
+        condition.
+
+        With ``drop`` given the null tokens are always part of the graph, also when no row is dropped
+        (they then get a zero gradient): under DDP every parameter must take part in every step."""
         spatial = self.stem(x_cond) if self.stem is not None else None  # (B, c, H/f, W/f)
         tokens = self.semantic(x_cond) if self.semantic is not None else None  # (B, S, D)
         cond = Condition(spatial, tokens)
-        if drop is not None and bool(drop.any()):
+        if drop is not None:
             null = self.null_condition(cond)
             keep = (~drop).to(x_cond.dtype)
             if spatial is not None:
@@ -111,7 +114,7 @@ class LatentDiffusion(nn.Module):
 
         def model_fn(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             out = self(torch.cat([z, z]), torch.cat([t, t]), both)
-            out_c, out_u = out.chunk(2)
+            out_c, out_u = out.float().chunk(2)  # extrapolate in float32, whatever autocast computed in
             return out_u + guidance * (out_c - out_u)
 
         return model_fn

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from stainldm.errors import CheckpointError
-from stainldm.files import atomic_write_bytes, sha256_file
+from stainldm.files import atomic_write_bytes, atomic_writer, sha256_file
 
 MODEL_FORMAT = "stainldm-model/1"
 KINDS = ("autoencoder", "ldm", "baseline")
@@ -99,12 +99,10 @@ def sha256(path: Path) -> str:
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
-    """``state.pt`` (tensors, numbers, strings, nested dicts/lists only), atomically."""
-    import io
-
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    """``state.pt`` (tensors, numbers, strings, nested dicts/lists only), atomically, streamed to
+    disk (a multi-GB training state is not buffered in memory first)."""
+    with atomic_writer(path) as fh:
+        torch.save(state, fh)
 
 
 def load_state(path: Path) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from stainldm.data.augment import AugmentConfig
 from stainldm.errors import ConfigError
@@ -63,7 +63,15 @@ class TrainConfig:
     Attributes:
         seed: drives every random draw (tile order, augmentation, noise, timesteps, dropout).
         steps: optimisation steps.
-        amp: bf16 autocast on CUDA (CPU always trains in fp32).
+        precision: ``fp32``, ``bf16`` (autocast, on CUDA or CPU) or ``fp16`` (autocast with loss
+            scaling, CUDA only); ``auto`` is bf16 on a GPU that has it, fp16 on an older GPU, fp32 on a
+            CPU. The run's config.yaml records what ``auto`` became.
+        device: ``auto``, ``cpu``, ``cuda`` (under torchrun or srun each process takes
+            ``cuda:LOCAL_RANK``) or ``cuda:N`` (one process); ``--device`` overrides, and the run's
+            config.yaml records what ``auto`` became.
+        gradient_checkpointing: recompute activations in the backward pass instead of keeping them
+            (the autoencoder's encoder and decoder, the denoiser's UNet blocks): less GPU memory for
+            about a third more compute. The baseline has no such switch.
         ema_decay: exponential moving average of the weights (exported and validated).
         checkpoint_every, val_every, log_every: intervals in steps.
         val_tiles: validation tiles per evaluation (first N of the val split).
@@ -72,9 +80,16 @@ class TrainConfig:
         autoencoder_run: trained autoencoder run folder (ldm only; ``--autoencoder`` overrides).
     """
 
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        "amp": "use precision: bf16 (was amp: true) or precision: fp32 (was amp: false); precision also takes "
+               "fp16 and auto",
+    }
+
     seed: int = 0
     steps: int = 1000
-    amp: bool = True
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: str = "auto"
+    gradient_checkpointing: bool = False
     ema_decay: float = 0.999
     checkpoint_every: int = 200
     val_every: int = 200

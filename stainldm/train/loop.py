@@ -12,8 +12,10 @@ same command trains with DistributedDataParallel (NCCL on GPU, gloo on CPU); onl
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
+import functools
 import logging
 import math
 import os
@@ -30,9 +32,11 @@ import stainldm
 from stainldm.config import config_hash, save_config, to_dict
 from stainldm.data.dataset import BatchPreprocessor, EpochSampler, PairedTileDataset, load_or_compute_stats
 from stainldm.data.store import TileStore
+from stainldm.device import autocast, bf16_supported, describe, resolve_device, resolve_precision
 from stainldm.errors import CheckpointError, ConfigError, InputError, RunError
 from stainldm.files import atomic_write_csv
-from stainldm.models.autoencoder import AutoencoderLoss, build_autoencoder, downsampling
+from stainldm.models._runtime import enable_checkpointing
+from stainldm.models.autoencoder import AutoencoderLoss, build_autoencoder, downsampling, encode_mean
 from stainldm.models.baseline import BaselineUNet
 from stainldm.models.ldm import LatentDiffusion
 from stainldm.train import checkpoint as ckpt
@@ -79,26 +83,42 @@ def load_autoencoder(run: Path, device: torch.device | str = "cpu") -> tuple[nn.
 # One optimisation micro-step per kind, as a module (so DDP sees a forward call)
 # ---------------------------------------------------------------------------------------------
 class _Step(nn.Module):
-    def __init__(self, kind: str, model: nn.Module, *, ae: nn.Module | None = None, latent_scale: float = 1.0,
-                 ae_loss: AutoencoderLoss | None = None):
+    """The loss of one micro-batch. Only the trained model is a submodule (what DDP synchronises):
+    the frozen autoencoder of the ldm and the autoencoder's loss terms are plain callables, and the
+    discriminator has its own optimiser and wrapper (:class:`_DiscriminatorStep`)."""
+
+    def __init__(self, kind: str, model: nn.Module, *, encode=None, latent_scale: float = 1.0, loss=None):
         super().__init__()
         self.kind, self.model, self.latent_scale = kind, model, latent_scale
-        self.ae = ae  # frozen, ldm only
-        self.ae_loss = ae_loss
-        self._recon: torch.Tensor | None = None
+        self._encode = encode  # ldm: H&E -> latent mean, float32 (frozen autoencoder)
+        self._loss = loss  # autoencoder: AutoencoderLoss.generator_loss
+        self.recon: torch.Tensor | None = None  # autoencoder: the last reconstruction, for the discriminator
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, step: int):
         if self.kind == "autoencoder":
             recon, mu, sigma = self.model(y)
-            self._recon = recon
-            return self.ae_loss.generator_loss(y, recon, mu, sigma, step)
+            self.recon = recon
+            return self._loss(y, recon, mu, sigma, step)
         if self.kind == "ldm":
             with torch.no_grad():
-                z0 = self.ae.encode(y)[0] * self.latent_scale  # (B, C_lat, H/f, W/f): μ, scaled
+                z0 = self._encode(y) * self.latent_scale  # (B, C_lat, H/f, W/f): μ, scaled, float32
             loss = self.model.training_loss(z0, x, generator=generator)
             return loss, {}
         pred = self.model(x)
-        return (pred - y).abs().mean(), {}
+        return (pred.float() - y).abs().mean(), {}
+
+
+class _DiscriminatorStep(nn.Module):
+    """The discriminator's loss on real and reconstructed H&E, as a module of its own, so that under
+    DDP its gradients are averaged across ranks like the generator's."""
+
+    def __init__(self, loss: AutoencoderLoss):
+        super().__init__()
+        self.discriminator = loss.discriminator
+        self._loss = loss.discriminator_loss
+
+    def forward(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        return self._loss(real, fake)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,16 +127,25 @@ class _Step(nn.Module):
 class Trainer:
     """Owns a run folder: model, optimiser, EMA, data stream, checkpoints, metrics, samples."""
 
-    def __init__(self, *, kind: str, cfg: TrainConfig, run_dir: Path, store: Path, device: str = "auto",
+    def __init__(self, *, kind: str, cfg: TrainConfig, run_dir: Path, store: Path, device: str | None = None,
                  autoencoder_run: Path | None = None, resume: bool = False):
         check_train_config(cfg)
-        self.kind, self.cfg, self.run_dir = kind, cfg, Path(run_dir)
+        self.kind, self.run_dir = kind, Path(run_dir)
         self.rank = int(os.environ.get("RANK", 0))
         self.world = int(os.environ.get("WORLD_SIZE", 1))
-        self.device = _device(device)
+        requested = cfg.device if device is None else device
+        self.device = resolve_device(requested, env=os.environ, cuda_count=torch.cuda.device_count(),
+                                     processes=self.world)
+        self.precision = resolve_precision(cfg.precision, self.device, bf16_supported=bf16_supported(self.device),
+                                           where="train.precision")
+        # config.yaml records what auto became; the device by kind (each rank picks its own index)
+        self.cfg = cfg = replace(cfg, precision=self.precision,
+                                 device=self.device.type if requested == "auto" else requested)
         self.distributed = self.world > 1
         if self.distributed:
             _init_distributed(self.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # tiles have one size: pick the fastest kernels once
         self.is_main = self.rank == 0
         self.store_path = Path(store)
         store_obj = TileStore.open(self.store_path)
@@ -152,21 +181,35 @@ class Trainer:
         self.model = build_model(kind, cfg, in_channels=self.in_channels, latent_channels=latent_channels,
                                  downsample=downsample).to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        if cfg.gradient_checkpointing:  # the trained copy only; the EMA never runs a backward pass
+            enable_checkpointing(self.model)
         self.ae_loss = AutoencoderLoss(cfg.autoencoder).to(self.device) if kind == "autoencoder" else None
-        self.step_module = _Step(kind, self.model, ae=self.ae, latent_scale=latent_scale, ae_loss=self.ae_loss)
+        self.step_module = _Step(kind, self.model, latent_scale=latent_scale,
+                                 encode=functools.partial(encode_mean, self.ae) if self.ae is not None else None,
+                                 loss=self.ae_loss.generator_loss if self.ae_loss is not None else None)
         self.latent_scale = latent_scale
         params = [p for p in self.model.parameters() if p.requires_grad]
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg))
-        self.d_optimizer = None
+        # fp16 needs loss scaling (its range underflows small gradients); bf16 and fp32 do not
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.d_optimizer = self.d_step = None
         if self.ae_loss is not None and self.ae_loss.discriminator is not None:
-            self.d_optimizer = torch.optim.AdamW(self.ae_loss.discriminator.parameters(), lr=o.lr, betas=(0.5, 0.9))
-        self.ddp = None
+            self.d_step = _DiscriminatorStep(self.ae_loss)
+            self.d_optimizer = torch.optim.AdamW(self.d_step.parameters(), lr=o.lr, betas=(0.5, 0.9))
+            self.d_scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.ddp = self.d_ddp = None
         if self.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            self.ddp = DDP(self.step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # Buffers (BatchNorm statistics) are averaged after every step instead (_average_buffers).
+            self.ddp = DDP(self.step_module, device_ids=ids, broadcast_buffers=False)
+            if self.d_step is not None:
+                self.d_ddp = DDP(self.d_step, device_ids=ids, broadcast_buffers=False)
+        if self.d_step is not None:  # a fixed critic in the generator's step; trained only in its own
+            self.d_step.requires_grad_(False)
         self.step = 0
         if resume:
             self._resume()
@@ -203,6 +246,10 @@ class Trainer:
             if self.d_optimizer is not None:
                 self.ae_loss.discriminator.load_state_dict(state["discriminator"])
                 self.d_optimizer.load_state_dict(state["d_optimizer"])
+            if self.scaler.is_enabled() and "scaler" in state:
+                self.scaler.load_state_dict(state["scaler"])
+                if self.d_optimizer is not None:
+                    self.d_scaler.load_state_dict(state["d_scaler"])
         except (KeyError, RuntimeError) as exc:
             raise CheckpointError(f"{self.run_dir / 'state.pt'}: does not fit this model ({exc})") from None
         self.step = int(state["step"])
@@ -239,37 +286,10 @@ class Trainer:
                    disable=not (progress and self.is_main))
         last: dict[str, Any] = {}
         window_t, window_tiles, losses = time.perf_counter(), 0, []
-        autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if (
-            cfg.amp and self.device.type == "cuda") else _nullcontext()
         try:
             while self.step < min(cfg.steps, until if until is not None else cfg.steps):
-                self.model.train()
-                self.optimizer.zero_grad(set_to_none=True)
-                total = 0.0
-                for micro in range(cfg.optim.accumulate):
-                    batch = next(it)
-                    g = self._generator(self.step, micro)
-                    x, y = self.prep({k: v.to(self.device, non_blocking=True) for k, v in batch.items()
-                                      if k != "index"}, generator=g)
-                    with autocast:
-                        loss, _parts = (self.ddp or self.step_module)(x, y, g, self.step)
-                    if not torch.isfinite(loss):
-                        raise RunError(f"training {self.kind} at step {self.step}: the loss is {float(loss.detach())}; "
-                                       f"the last good checkpoint in {self.run_dir} is kept — lower train.optim.lr "
-                                       "or check the data, then --resume")
-                    (loss / cfg.optim.accumulate).backward()
-                    total += float(loss.detach()) / cfg.optim.accumulate
-                    window_tiles += x.shape[0]
-                if cfg.optim.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
-                self.optimizer.step()
-                self.scheduler.step()
-                if self.d_optimizer is not None and self.step >= cfg.autoencoder.adversarial_start:
-                    self.d_optimizer.zero_grad(set_to_none=True)
-                    d_loss = self.ae_loss.discriminator_loss(y, self.step_module._recon)
-                    d_loss.backward()
-                    self.d_optimizer.step()
-                _ema_update(self.ema, self.model, cfg.ema_decay if self.step >= cfg.optim.warmup_steps else 0.0)
+                total, tiles = self.optimisation_step(it)
+                window_tiles += tiles
                 self.step += 1
                 losses.append(total)
                 bar.update(1)
@@ -291,6 +311,59 @@ class Trainer:
             tracker.finish()
         return last
 
+    def optimisation_step(self, batches) -> tuple[float, int]:
+        """One optimisation step at ``self.step`` from the iterator ``batches`` (DataLoader batches:
+        ``accumulate`` of them): forward and backward in the run's precision, gradients exchanged
+        across ranks, optimiser, discriminator, EMA. Returns the mean loss and the tiles used."""
+        cfg = self.cfg
+        tiles = 0
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for micro in range(cfg.optim.accumulate):
+            batch = next(batches)
+            g = self._generator(self.step, micro)
+            x, y = self.prep({k: v.to(self.device, non_blocking=True) for k, v in batch.items()
+                              if k != "index"}, generator=g)
+            # under accumulation, ranks exchange gradients once, after the last micro-batch
+            last_micro = micro == cfg.optim.accumulate - 1
+            with contextlib.nullcontext() if self.ddp is None or last_micro else self.ddp.no_sync():
+                with autocast(self.device, self.precision):
+                    loss, _parts = (self.ddp or self.step_module)(x, y, g, self.step)
+                if not torch.isfinite(loss):
+                    raise RunError(f"training {self.kind} at step {self.step}: the loss is "
+                                   f"{float(loss.detach())}; the last good checkpoint in {self.run_dir} is "
+                                   "kept — lower train.optim.lr or check the data, then --resume")
+                self.scaler.scale(loss / cfg.optim.accumulate).backward()
+            total += float(loss.detach()) / cfg.optim.accumulate
+            tiles += x.shape[0]
+        if cfg.optim.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if self.d_step is not None and self.step >= cfg.autoencoder.adversarial_start:
+            self._discriminator_step(y, self.step_module.recon.detach())
+        self.step_module.recon = None
+        if self.distributed:
+            _average_buffers(self.model, self.world)
+            if self.d_step is not None:
+                _average_buffers(self.d_step, self.world)
+        _ema_update(self.ema, self.model, cfg.ema_decay if self.step >= cfg.optim.warmup_steps else 0.0)
+        return total, tiles
+
+    def _discriminator_step(self, real: torch.Tensor, fake: torch.Tensor) -> None:
+        """One step of the patch discriminator on the last micro-batch (in the run's precision)."""
+        self.d_step.requires_grad_(True)
+        self.d_optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device, self.precision):
+            d_loss = (self.d_ddp or self.d_step)(real, fake)
+        self.d_scaler.scale(d_loss).backward()
+        self.d_scaler.step(self.d_optimizer)
+        self.d_scaler.update()
+        self.d_step.requires_grad_(False)
+
     # -- saving ---------------------------------------------------------------------------------
     def model_meta(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -298,6 +371,7 @@ class Trainer:
             "kind": self.kind, "version": stainldm.__version__, "step": self.step,
             "in_channels": self.in_channels, "tile_px": self.tile_px, "mpp": self.tile_mpp,
             "input_stats": self.stats, "config_hash": config_hash(cfg),
+            "trained_on": {"device": describe(self.device), "processes": self.world, "precision": self.precision},
         }
         if self.kind == "autoencoder":
             meta.update(config=to_dict(cfg.autoencoder), latent_channels=cfg.autoencoder.latent_channels,
@@ -329,6 +403,10 @@ class Trainer:
         if self.d_optimizer is not None:
             state["discriminator"] = self.ae_loss.discriminator.state_dict()
             state["d_optimizer"] = self.d_optimizer.state_dict()
+        if self.scaler.is_enabled():  # fp16: the loss scale, for an exact resume
+            state["scaler"] = self.scaler.state_dict()
+            if self.d_optimizer is not None:
+                state["d_scaler"] = self.d_scaler.state_dict()
         ckpt.save_state(self.run_dir / "state.pt", state)
 
     @torch.no_grad()
@@ -380,19 +458,6 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------------------------------
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda: no CUDA GPU is available here; use --device cpu")
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        return torch.device("cuda", local)
-    if name != "cpu":
-        raise InputError(f"--device {name}: use cpu, cuda or auto")
-    return torch.device("cpu")
-
-
 def _init_distributed(device: torch.device) -> None:
     import torch.distributed as dist
 
@@ -417,10 +482,26 @@ def _lr_lambda(cfg: TrainConfig):
 
 @torch.no_grad()
 def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
-        e.lerp_(p.detach(), 1 - decay)
+    params = list(zip(ema.parameters(), model.parameters(), strict=True))
+    torch._foreach_lerp_([e for e, _ in params], [p.detach() for _, p in params], 1 - decay)  # one kernel per group
     for e, b in zip(ema.buffers(), model.buffers(), strict=True):
         e.copy_(b)
+
+
+@torch.no_grad()
+def _average_buffers(module: nn.Module, world: int) -> None:
+    """Averages the floating-point buffers (BatchNorm running statistics) of ``module`` over the
+    ranks: each rank updated them from its own batch, and the ranks must stay identical."""
+    import torch.distributed as dist
+
+    buffers = [b for b in module.buffers() if b.is_floating_point()]
+    if not buffers:
+        return
+    flat = torch.cat([b.reshape(-1).float() for b in buffers])
+    dist.all_reduce(flat)
+    flat /= world
+    for b, part in zip(buffers, flat.split([b.numel() for b in buffers]), strict=True):
+        b.copy_(part.view_as(b))
 
 
 def _model_hash(kind: str, cfg: TrainConfig) -> str:
@@ -448,14 +529,6 @@ def _truncate_metrics(path: Path, step: int) -> None:
     rows = list(csv.reader(path.open()))
     keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
     atomic_write_csv(path, keep)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def resolve_config(cfg: TrainConfig, *, store: Path | None, autoencoder_run: Path | None, wandb: str | None

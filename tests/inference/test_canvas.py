@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from stainldm.inference.canvas import (
+    WindowCost,
     axis_window,
+    choose_window,
     decode_tiled,
     evaluations_per_pixel,
     fuse_windows,
@@ -291,3 +293,81 @@ def test_movable_windows_let_the_borders_move_where_the_cheapest_window_pins_the
         assert _axis_ratio(n, window=32, overlap=4, multiple=4) * 1.05 >= len(window_starts(
             n, window=mv, overlap=4)) * mv / n - 1e-9
         assert mv % 4 == 0 and 32 <= mv <= 48 and plain % 4 == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The window cost model
+# ---------------------------------------------------------------------------------------------
+def test_window_cost_fit_is_the_quadratic_through_three_counts():
+    cost = WindowCost.fit([256, 1024, 4096], [1e6 + 500 * a + 60 * a * a for a in (256, 1024, 4096)])
+    assert cost.fixed == pytest.approx(1e6) and cost.per_px == pytest.approx(500) and cost.per_px2 == pytest.approx(60)
+    assert cost.flops((10, 20)) == pytest.approx(1e6 + 500 * 200 + 60 * 200**2)
+    assert WindowCost(0, 1, 0, attention_px2=0.5).attention_bytes((8, 8), batch=3) == 2 * 3 * 0.5 * 64**2 * 4
+
+
+def _layouts(size, tile, overlap, multiple, cost, whole_max):
+    """Every layout choose_window considers, priced by brute force: ((wy, wx), cost)."""
+    def options(n):
+        ws = {n} if n <= max(whole_max, tile) else set()
+        ws |= {min(w, n) for w in range(math.ceil(tile / multiple) * multiple, int(1.5 * tile) + 1, multiple)}
+        return ws
+    out = []
+    for wy in options(size[0]):
+        for wx in options(size[1]):
+            n = len(window_grid(size, window=(wy, wx), overlap=overlap))
+            out.append(((wy, wx), n * cost.flops((wy, wx))))
+    return out
+
+
+@pytest.mark.parametrize("per_px2", [0.0, 8.0, 64.0, 500.0])
+@pytest.mark.parametrize("side", [40, 96, 97, 130, 184, 250, 368, 700])
+def test_choose_window_costs_at_most_5_percent_over_the_cheapest_layout(per_px2, side):
+    cost = WindowCost(1e5, 5e5, per_px2)
+    size = (side, side + 24)
+    win = choose_window(size, tile=32, overlap=4, multiple=4, cost=cost, whole_max=96)
+    n = len(window_grid(size, window=win, overlap=4))
+    best = min(c for _, c in _layouts(size, 32, 4, 4, cost, 96))
+    assert n * cost.flops(win) <= 1.0501 * best
+    assert all(v % 4 == 0 or v == s for v, s in zip(win, size, strict=True))
+
+
+def test_choose_window_takes_the_whole_core_without_attention_and_tiles_with_much_of_it():
+    free = WindowCost(0, 1e6, 0)
+    assert choose_window((96, 96), tile=32, overlap=4, multiple=4, cost=free, whole_max=96) == (96, 96)
+    assert choose_window((100, 96), tile=32, overlap=4, multiple=4, cost=free, whole_max=96)[1] == 96  # one axis whole
+    heavy = WindowCost(0, 1e6, 1e4)
+    win = choose_window((96, 96), tile=32, overlap=4, multiple=4, cost=heavy, whole_max=96)
+    assert all(32 <= v <= 48 for v in win)
+    # without a cost model: pixels, so the whole canvas whenever it is allowed (as before the cost model)
+    assert choose_window((96, 96), tile=32, overlap=4, multiple=4, whole_max=96) == (96, 96)
+
+
+def test_choose_window_keeps_the_math_attention_path_within_its_memory_budget():
+    cost = WindowCost(0, 1e6, 1.0, attention_px2=1.0)
+    size = (96, 96)
+    assert choose_window(size, tile=32, overlap=4, multiple=4, cost=cost, whole_max=96) == (96, 96)
+    budget = cost.attention_bytes((48, 48), batch=2)
+    win = choose_window(size, tile=32, overlap=4, multiple=4, cost=cost, whole_max=96, memory_budget=budget, batch=2)
+    assert cost.attention_bytes(win, batch=2) <= budget and win != (96, 96)
+    # a training tile stays possible whatever the budget
+    assert choose_window(size, tile=32, overlap=4, multiple=4, cost=cost, whole_max=96, memory_budget=1) == (32, 32)
+
+
+def test_fusion_of_windows_of_several_canvases_in_shared_calls():
+    """(n, y, x) positions: the windows of a stack of canvases share predict calls, and each canvas
+    is fused as if alone."""
+    g = torch.Generator().manual_seed(4)
+    stack = torch.randn((3, 2, 70, 90), generator=g)
+    win, overlap = (32, 36), 5
+    weight = window_weight(win, overlap=overlap)
+    positions = [(n, y, x) for n in range(3) for y, x in window_grid((70, 90), window=win, overlap=overlap, jitter_seed=n)]
+    calls = []
+
+    def cut(chunk):
+        calls.append({n for n, _, _ in chunk})
+        return torch.cat([stack[n : n + 1, :, y : y + 32, x : x + 36] * (n + 1) for n, y, x in chunk])
+
+    out = fuse_windows(cut, positions, canvas=stack, window=win, weight=weight, batch=7)
+    for n in range(3):
+        torch.testing.assert_close(out[n], stack[n] * (n + 1), rtol=0, atol=1e-5)
+    assert any(len(c) > 1 for c in calls)  # some calls mix canvases

@@ -21,6 +21,7 @@ from PIL import Image
 
 import stainldm
 from stainldm.errors import CheckpointError, InputError
+from stainldm.inference.canvas import window_grid
 from stainldm.inference.stain import (
     CANVAS_BLEND_PX,
     StainConfig,
@@ -33,6 +34,7 @@ from stainldm.wsi.reader import ArrayReader, open_slide
 from stainldm.wsi.tissue import TissueConfig
 from stainldm.wsi.writer import write_pyramid
 
+ROOT = Path(__file__).resolve().parents[2]
 # The ``piece`` slide's tissue is a 61 µm square: smaller than the default smallest tissue area.
 PIECE = TissueConfig(min_area_um2=2000)
 
@@ -312,25 +314,37 @@ def test_stain_canvas_returns_the_input_size_in_range(ldm, baseline, size_hw):
         assert torch.equal(out[0], out[1]) == (model is baseline)  # ldm: two samples, two noises
 
 
-def test_a_canvas_of_a_few_tiles_is_one_window_and_a_larger_one_several(ldm):
-    """single_window_scale: a canvas (a TMA core) up to that many training tiles a side is sampled as
-    one window, with no overlap and no borders; above it, windows of 1–1.5 tiles."""
-    tile, unit = ldm.tile_px // ldm.f, ldm.multiple
+def test_a_core_is_one_window_when_attention_is_cheap_and_several_when_it_is_not(ldm):
+    """The window cost model: the shipped demo model attends only at 1/4 of its latent resolution, so a
+    canvas of up to single_window_scale tiles (a TMA core) is one window, with no overlap and no
+    borders, and one unit larger several of 1–1.5 tiles. The ci model attends at 1/2: one window of
+    three tiles would cost more than tiles, so it gets tiles."""
+    demo = StainModel.load(ROOT / "data" / "checkpoints" / "ldm")
+    tile, unit = demo.tile_px // demo.f, demo.multiple
     cfg = StainConfig(steps=2)
     side = int(cfg.single_window_scale * tile) // unit * unit
-    assert ldm.ldm_windows(side, tile, cfg)[0] == (side, tile)
-    (wy, wx), _ = ldm.ldm_windows(side + unit, tile, cfg)
+    assert demo.ldm_windows(side, tile, cfg)[0] == (side, tile)
+    (wy, wx), _ = demo.ldm_windows(side + unit, tile, cfg)
     assert tile <= wy <= 1.5 * tile and wx == tile
-    assert ldm.ldm_windows(side, side, StainConfig(single_window_scale=1))[0][0] <= 1.5 * tile
+    assert demo.ldm_windows(side, side, StainConfig(single_window_scale=1))[0][0] <= 1.5 * tile
     shapes = []
-    hook = ldm.net.register_forward_hook(lambda _m, args, _out: shapes.append(tuple(args[0].shape)))
+    hook = demo.net.register_forward_hook(lambda _m, args, _out: shapes.append(tuple(args[0].shape)))
     try:
-        x = torch.rand((1, 2, side * ldm.f, 2 * tile * ldm.f), generator=torch.Generator().manual_seed(3)) * 2 - 1
-        out = ldm.stain_canvas(x, cfg, seed=0)
+        x = torch.rand((1, 2, side * demo.f, 2 * tile * demo.f), generator=torch.Generator().manual_seed(3)) * 2 - 1
+        out = demo.stain_canvas(x, cfg, seed=0)
     finally:
         hook.remove()
-    assert shapes == [(1, ldm.net.latent_channels, side, 2 * tile)] * 2  # 2 steps, one whole-canvas window each
+    assert shapes == [(1, demo.net.latent_channels, side, 2 * tile)] * 2  # 2 steps, one whole-canvas window each
     assert out.shape == (1, 3, *x.shape[-2:]) and torch.isfinite(out).all()
+
+    tile = ldm.tile_px // ldm.f
+    side = 3 * tile
+    cost = ldm.window_cost
+    assert cost.per_px2 > 0 and cost.attention_px2 > 0
+    win, overlap = ldm.ldm_windows(side, side, cfg)
+    n = len(window_grid((side, side), window=win, overlap=overlap))
+    assert n > 1 and all(tile <= v <= 1.5 * tile for v in win)
+    assert n * cost.flops(win) < cost.flops((side, side))  # cheaper than the one big window
 
 
 @pytest.mark.parametrize("kind", ["ldm", "baseline"])
@@ -363,3 +377,93 @@ def test_windows_far_from_tissue_are_skipped_and_tissue_is_stained_the_same(ldm,
         assert 0 < d_skip < 0.6 * d_full
     piece = (slice(None), slice(None), slice(40, 120), slice(30, 130))
     assert float((full[piece] - skip[piece]).abs().max()) < 0.02
+
+
+# ---------------------------------------------------------------------------------------------
+# Canvases sampled together, reading and writing beside the model, precision and provenance
+# ---------------------------------------------------------------------------------------------
+def test_canvases_sampled_together_are_the_canvases_sampled_alone(ldm, baseline):
+    """stain_batch: two canvases of one size and their K samples in shared network calls give what
+    each gives alone (same noise per canvas and sample, same windows)."""
+    g = torch.Generator().manual_seed(5)
+    xs = [torch.rand((1, 2, 96, 128), generator=g) * 2 - 1 for _ in range(2)]
+    tissue = np.zeros((96, 128), np.float32)
+    tissue[10:80, 20:100] = 1
+    for model in (ldm, baseline):
+        cfg = StainConfig(steps=2, samples=2, batch_size=16)
+        together = model.stain_batch(xs, cfg, seeds=[3, 4], tissues=[tissue, None])
+        alone = [model.stain_canvas(xs[0], cfg, seed=3, tissue=tissue), model.stain_canvas(xs[1], cfg, seed=4)]
+        for a, b in zip(together, alone, strict=True):
+            assert a.shape == b.shape == (2, 3, 96, 128)
+            torch.testing.assert_close(a, b, atol=2e-5, rtol=0)
+        assert not torch.equal(together[0], together[1])
+
+
+def test_a_slide_stained_in_grouped_batches_matches_canvas_by_canvas(ldm, stain_runs, tmp_path):
+    """group_canvases (on by default on a GPU): the sample's four cores go through the network
+    together; each is padded to the batch's size, so pixels move a little, not the staining."""
+    slide = stain_runs["sample"] / "unstained.tiff"
+    one = _stain(slide, ldm, tmp_path / "one" / "s.tiff", StainConfig(steps=2, group_canvases=False))
+    grouped = _stain(slide, ldm, tmp_path / "grouped" / "s.tiff", StainConfig(steps=2, group_canvases=True,
+                                                                              batch_size=64))
+    meta_one, meta_grouped = (json.loads(r.provenance.read_text()) for r in (one, grouped))
+    assert meta_one["regions"] == meta_grouped["regions"] == 4
+    assert meta_one["batches"] == 4 and meta_grouped["batches"] < 4
+    other = _stain(slide, ldm, tmp_path / "seed" / "s.tiff", StainConfig(steps=2, group_canvases=False, seed=5))
+    a, b, c = (_read(r.output).astype(float) for r in (one, grouped, other))
+    tissue = a.min(axis=2) < 230
+    assert tissue.mean() > 0.1
+    # An untrained model follows its noise: another seed is another picture; grouping is the same one
+    # (each canvas keeps its own noise; its windows are laid out on the batch's size).
+    diff, unrelated = (np.abs(a - o).mean(axis=2)[tissue].mean() for o in (b, c))
+    assert diff < 0.3 * unrelated, (diff, unrelated)
+    for k in range(3):
+        assert np.corrcoef(a[..., k][tissue], b[..., k][tissue])[0, 1] > 0.93
+
+
+def test_reading_and_writing_in_threads_changes_no_pixel(ldm, stain_slides, tmp_path):
+    cfgs = {"threads": StainConfig(steps=2, samples=2, tissue=PIECE), "inline": StainConfig(steps=2, samples=2,
+                                                                                           tissue=PIECE, prefetch=False)}
+    res = {k: _stain(stain_slides["piece"], ldm, tmp_path / k / "piece.tiff", c) for k, c in cfgs.items()}
+    assert np.array_equal(_read(res["threads"].output), _read(res["inline"].output))
+    assert np.array_equal(_read(res["threads"].uncertainty), _read(res["inline"].uncertainty))
+
+
+def test_a_read_that_fails_in_the_reader_thread_fails_the_slide_and_leaves_nothing(baseline, stain_slides, tmp_path):
+    class Failing(ArrayReader):
+        reads = 0
+
+        def read_at_mpp(self, *args, **kwargs):
+            Failing.reads += 1
+            if Failing.reads == 2:
+                raise InputError(f"{self.name}: truncated tile")
+            return super().read_at_mpp(*args, **kwargs)
+
+    img = np.concatenate([_read(stain_slides["a"]), _read(stain_slides["b"])], axis=1)
+    slide = Failing(img, mpp=0.5)
+    with pytest.raises(InputError, match="truncated tile"):
+        stain_slide(slide, baseline, tmp_path / "out" / "o.tiff", StainConfig())
+    assert Failing.reads == 2
+    assert not list((tmp_path / "out").iterdir())  # no output, no work folder
+
+
+def test_bf16_staining_on_the_cpu_is_recorded_and_close_to_fp32(stain_runs, stain_slides, tmp_path):
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        model = StainModel.load(stain_runs["ldm"], precision=precision)
+        assert model.precision == precision
+        runs[precision] = _stain(stain_slides["piece"], model, tmp_path / precision / "piece.tiff",
+                                 StainConfig(steps=2, tissue=PIECE))
+    meta = json.loads(runs["bf16"].provenance.read_text())
+    assert (meta["device"], meta["precision"], meta["attention"]) == ("cpu", "bf16", "sdpa")
+    a, b = (_read(r.output).astype(float) for r in runs.values())
+    tissue = a.min(axis=2) < 230
+    assert tissue.sum() > 500 and not np.array_equal(a, b)
+    assert np.abs(a - b).mean(axis=2)[tissue].mean() < 4
+
+
+def test_fp16_staining_on_a_cpu_is_refused(stain_runs):
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU refusal")
+    with pytest.raises(InputError, match=r"^precision fp16 needs a CUDA GPU"):
+        StainModel.load(stain_runs["ldm"], precision="fp16")

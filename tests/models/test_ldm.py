@@ -67,6 +67,16 @@ def test_dropped_rows_get_zero_spatial_features_and_the_null_tokens():
     assert torch.equal(nothing_dropped.spatial, full.spatial) and torch.equal(nothing_dropped.tokens, full.tokens)
 
 
+def test_the_null_tokens_take_part_in_every_training_step_even_when_no_row_is_dropped():
+    """Under DDP a parameter without a gradient in a step stops the next step ("Expected to have
+    finished reduction in the prior iteration"): a batch that drops no row must still reach them."""
+    ldm = _ldm(semantic=True)
+    _, x = _batch(3)
+    cond = ldm.encode_condition(x, torch.zeros(3, dtype=torch.bool))
+    (cond.tokens.sum() + cond.spatial.sum()).backward()
+    assert ldm.null_tokens.grad is not None and torch.equal(ldm.null_tokens.grad, torch.zeros_like(ldm.null_tokens))
+
+
 def test_guidance_one_is_the_plain_forward_and_other_scales_extrapolate():
     ldm = _ldm(semantic=True).eval()
     with torch.no_grad():

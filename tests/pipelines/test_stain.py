@@ -228,8 +228,12 @@ def test_slurm_rank_variables_pick_the_shard(stain_runs, stain_slides, tmp_path,
     (["--batch-size", "0"], "--batch-size"),
     (["--overlap", "-1"], "--overlap"),
     (["--sampler", "euler"], "--sampler"),
-    pytest.param(["--device", "cuda"], "--device cuda", marks=pytest.mark.skipif(torch.cuda.is_available(),
-                                                                                  reason="a GPU is here")),
+    pytest.param(["--device", "cuda"], "device cuda: no CUDA GPU", marks=pytest.mark.skipif(
+        torch.cuda.is_available(), reason="a GPU is here")),
+    (["--device", "cuda:7"], "device cuda:7: "),  # no GPU here, or fewer than eight
+    (["--device", "tpu"], "device 'tpu': use cpu, cuda, cuda:N or auto"),
+    pytest.param(["--precision", "fp16"], "precision fp16 needs a CUDA GPU", marks=pytest.mark.skipif(
+        torch.cuda.is_available(), reason="a GPU is here")),
 ])
 def test_bad_arguments_exit_2_with_one_error_line(stain_runs, stain_slides, tmp_path, capsys, extra, message):
     out = tmp_path / "out"
@@ -237,6 +241,15 @@ def test_bad_arguments_exit_2_with_one_error_line(stain_runs, stain_slides, tmp_
     errors = _error_lines(capsys.readouterr().err)
     assert len(errors) == 1 and message in errors[0], errors
     assert not (out / "manifest.csv").exists() and not (out / "a.tiff").exists()
+
+
+def test_device_and_precision_are_recorded_in_the_provenance(stain_runs, stain_slides, tmp_path):
+    out = tmp_path / "out"
+    assert _stain([stain_slides["a"]], stain_runs["baseline"], out, "--precision", "bf16") == 0
+    meta = json.loads((out / "a.json").read_text())
+    assert (meta["device"], meta["precision"], meta["attention"]) == ("cpu", "bf16", "sdpa")
+    assert _stain([stain_slides["b"]], stain_runs["baseline"], out) == 0  # auto on a CPU: fp32
+    assert json.loads((out / "b.json").read_text())["precision"] == "fp32"
 
 
 def test_bad_checkpoints_and_output_folder_exit_2(stain_runs, stain_slides, tmp_path, capsys):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from pipelines.cli import main
 
@@ -210,13 +211,45 @@ def test_device_cuda_without_cuda(train_store, tmp_path, capsys):
     argv = ["train", "baseline", "--config", str(CI), "--store", str(train_store), "--out", str(tmp_path / "r"),
             "--device", "cuda", "--quiet"]
     assert main(argv) == 2
-    assert _error(capsys) == "error: --device cuda: no CUDA GPU is available here; use --device cpu"
+    assert _error(capsys).startswith("error: device cuda: no CUDA GPU is visible to this process; use device cpu")
+    assert not (tmp_path / "r").exists()
 
 
 def test_an_unknown_device(train_store, tmp_path, capsys):
     assert main(["train", "baseline", "--config", str(CI), "--store", str(train_store), "--out",
                  str(tmp_path / "r"), "--device", "tpu", "--quiet"]) == 2
-    assert "--device tpu: use cpu, cuda or auto" in _error(capsys)
+    assert "device 'tpu': use cpu, cuda, cuda:N or auto" in _error(capsys)
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision
+# ---------------------------------------------------------------------------------------------
+def test_an_old_config_with_amp_names_precision(train_store, tmp_path, capsys):
+    old = tmp_path / "old.yaml"
+    old.write_text(CI.read_text().replace("  precision: fp32", "  amp: true"))
+    assert "amp: true" in old.read_text()
+    assert main(["train", "baseline", "--config", str(old), "--store", str(train_store), "--out",
+                 str(tmp_path / "r"), "--quiet"]) == 2
+    assert _error(capsys) == ("error: config key 'train.amp' was removed: use precision: bf16 (was amp: true) or "
+                              "precision: fp32 (was amp: false); precision also takes fp16 and auto")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_fp16_on_a_cpu_is_refused_naming_the_key(train_store, tmp_path, capsys):
+    assert main(["train", "baseline", "--config", str(CI), "--store", str(train_store), "--out",
+                 str(tmp_path / "r"), "--set", "precision=fp16", "--quiet"]) == 2
+    assert _error(capsys) == "error: train.precision fp16 needs a CUDA GPU (fp16 with loss scaling); on cpu use bf16 or fp32"
+    assert main(["train", "baseline", "--config", str(CI), "--store", str(train_store), "--out",
+                 str(tmp_path / "r"), "--set", "precision=fp8", "--quiet"]) == 2
+    assert "'train.precision': 'fp8' is not one of 'auto', 'fp32', 'bf16', 'fp16'" in _error(capsys)
+
+
+def test_set_takes_several_pairs_after_one_flag_like_make_sample(train_store, tmp_path, capsys):
+    run = tmp_path / "r"
+    assert main(["train", "baseline", "--config", str(CI), "--store", str(train_store), "--out", str(run),
+                 "--quiet", "--device", "cpu", "--set", "steps=2", "checkpoint_every=2", "--set", "val_every=2"]) == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert (saved["steps"], saved["checkpoint_every"], saved["val_every"]) == (2, 2, 2)
 
 
 def test_offline_wandb_with_forked_loader_workers(train_store, tmp_path):

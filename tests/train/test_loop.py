@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,9 @@ def _metrics(run: Path) -> list[dict[str, str]]:
 def _check_run_folder(run: Path, kind: str, cfg: TrainConfig) -> dict:
     for name in ("config.yaml", "metrics.csv", "model.safetensors", "model.json", "state.pt"):
         assert (run / name).is_file(), f"{run.name}/{name} missing"
-    assert from_dict(TrainConfig, yaml.safe_load((run / "config.yaml").read_text()), where="train") == cfg
+    # config.yaml is the resolved config: the device the tests ask for and what precision auto became
+    assert from_dict(TrainConfig, yaml.safe_load((run / "config.yaml").read_text()), where="train") == replace(
+        cfg, device="cpu", precision="fp32" if cfg.precision == "auto" else cfg.precision)
     rows = _metrics(run)
     assert [int(r["step"]) for r in rows] == list(range(1, cfg.steps + 1))
     assert all(np.isfinite(float(r["loss"])) and float(r["lr"]) > 0 and float(r["tiles_per_s"]) > 0 for r in rows)
@@ -237,3 +240,84 @@ def test_baseline_tiles_too_small_for_the_unet_are_a_config_error(train_config, 
     store = _small_tile_store(tmp_path / "store", 24)
     with pytest.raises(ConfigError, match=r"24 px"):
         _trainer("baseline", train_config("steps=1"), tmp_path / "run", store).train()
+
+
+# ---------------------------------------------------------------------------------------------
+# Mixed precision: bf16 autocast on this CPU runs the code path labs take on GPUs
+# ---------------------------------------------------------------------------------------------
+def _record_dtypes(module: torch.nn.Module) -> list[torch.dtype]:
+    seen: list[torch.dtype] = []
+    module.register_forward_hook(lambda _m, _a, out: seen.append(out.dtype))
+    return seen
+
+
+def _check_precision_recorded(run: Path, precision: str) -> None:
+    assert yaml.safe_load((run / "config.yaml").read_text())["precision"] == precision
+    trained_on = ckpt.read_model_json(run)["trained_on"]
+    assert trained_on == {"device": "cpu", "processes": 1, "precision": precision}
+
+
+def test_bf16_autoencoder_with_the_adversarial_term_switching_on_mid_run(train_store, train_config, tmp_path):
+    """The discriminator starts at step 2 of 4 and trains on the bf16 reconstruction (this crashed
+    with "Input type (c10::BFloat16) and bias type (float) should be the same")."""
+    cfg = train_config("precision=bf16", "steps=4", "checkpoint_every=2", "val_every=4",
+                       "autoencoder.adversarial_weight=0.1", "autoencoder.adversarial_start=2")
+    run = tmp_path / "ae"
+    trainer = _trainer("autoencoder", cfg, run, train_store)
+    decoded = _record_dtypes(trainer.model.decoder)
+    initial = {k: v.clone() for k, v in trainer.d_step.discriminator.state_dict().items()}
+    trainer.train(until=2)
+    before = ckpt.load_state(run / "state.pt")
+    assert before["step"] == 2
+    assert all(torch.equal(before["discriminator"][k], v) for k, v in initial.items())  # not trained before its start
+    trainer.train()
+    after = ckpt.load_state(run / "state.pt")
+    assert after["step"] == 4
+    changed = [k for k, v in initial.items() if v.is_floating_point() and not torch.equal(after["discriminator"][k], v)]
+    assert len(changed) > 5  # weights and BatchNorm statistics both trained
+    assert torch.bfloat16 in decoded  # the decoder really ran under autocast
+    assert all(np.isfinite(float(r["loss"])) for r in _metrics(run))
+    _check_precision_recorded(run, "bf16")
+
+
+def test_bf16_ldm_with_semantic_tokens_and_condition_dropout(train_store, train_config, train_ae_run, tmp_path):
+    cfg = train_config("precision=bf16", "steps=3", "checkpoint_every=3", "val_every=3",
+                       "ldm.condition.semantic=true", "ldm.condition.backbone=resnet18", "ldm.condition.token_dim=32",
+                       "ldm.condition.dropout=0.5")
+    run = tmp_path / "ldm"
+    trainer = _trainer("ldm", cfg, run, train_store, ae=train_ae_run)
+    denoised = _record_dtypes(trainer.model.unet)
+    trainer.train()
+    assert torch.bfloat16 in denoised
+    assert all(np.isfinite(float(r["loss"])) for r in _metrics(run))
+    _check_precision_recorded(run, "bf16")
+    # the exported model stains in fp32
+    meta = ckpt.read_model_json(run, kind="ldm")
+    fresh = LatentDiffusion(from_dict(LDMConfig, meta["config"], where="ldm"), in_channels=2, latent_channels=4,
+                            downsampling=2)
+    ckpt.load_weights(fresh, run / "model.safetensors")
+    z = fresh.sample_latent(torch.rand(1, 2, 64, 64) * 2 - 1, steps=2, generator=torch.Generator().manual_seed(0))
+    assert z.dtype == torch.float32 and torch.isfinite(z).all()
+
+
+def test_bf16_baseline(train_store, train_config, tmp_path):
+    run = tmp_path / "baseline"
+    trainer = _trainer("baseline", train_config("precision=bf16", "steps=2", "checkpoint_every=2", "val_every=2"),
+                       run, train_store)
+    predicted = _record_dtypes(trainer.model.net)
+    trainer.train()
+    assert torch.bfloat16 in predicted and all(np.isfinite(float(r["loss"])) for r in _metrics(run))
+    _check_precision_recorded(run, "bf16")
+
+
+def test_gradient_checkpointing_trains_the_ldm_like_without_it(train_store, train_config, train_ae_run, tmp_path):
+    """Same seed, same data: checkpointing recomputes activations, it does not change the training."""
+    runs = {}
+    for on in (False, True):
+        cfg = train_config("steps=2", "checkpoint_every=2", "val_every=2", f"gradient_checkpointing={str(on).lower()}")
+        runs[on] = tmp_path / f"ckpt-{on}"
+        _trainer("ldm", cfg, runs[on], train_store, ae=train_ae_run).train()
+    a, b = (ckpt.load_state(r / "state.pt")["model"] for r in (runs[False], runs[True]))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    assert yaml.safe_load((runs[True] / "config.yaml").read_text())["gradient_checkpointing"] is True
