@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export WANDB_MODE ?= offline
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: test test-slow demo lint bench clean browser
+.PHONY: test test-slow demo lint bench bench-gpu clean browser
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ $(VENV)/.stamp-bench: $(STAMP)
 
 bench: $(VENV)/.stamp-bench
 	$(BIN)/python benchmarks/io.py
+
+# On a machine with a CUDA GPU: the lab-f4 training and staining figures (about 5 minutes on an H200).
+bench-gpu: $(STAMP)
+	$(BIN)/python benchmarks/gpu.py
 
 clean:
 	rm -rf $(VENV) demo-out bench-out .pytest_cache .ruff_cache

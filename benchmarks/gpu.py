@@ -58,6 +58,13 @@ from stainldm.inference.stain import StainConfig, StainModel  # noqa: E402
 from stainldm.train import checkpoint as ckpt  # noqa: E402
 from stainldm.train.loop import Trainer  # noqa: E402
 
+try:
+    import albumentations  # noqa: F401
+except ImportError:  # a GPU image without it: the batches below bypass the DataLoader, whose augmentation needs it
+    import types
+
+    sys.modules["albumentations"] = types.ModuleType("albumentations")
+
 LAB = ROOT / "configs" / "lab-f4.yaml"
 DATASHEET_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}  # dense, TFLOP/s
 GOAL_MFU, GOAL_S_PER_CM2 = 0.35, 45.0

@@ -25,6 +25,13 @@ its own mpp (1 µm/px for the demo model: a quarter of the input pixels).
     10000², 20000² px TMA-like inputs, each in a fresh process (its VmHWM). Goal < 4 GB and flat.
 (5) Seconds per tissue megapixel (model mpp) at 10 NFE (dpmpp_2m), from (3)'s full slide, against
     the naive tiles' bare sampling.
+(6) The same for a model of every shipped workflow config, side by side: configs/ci.yaml, the shipped
+    demo model (configs/demo.yaml) and configs/lab-f4.yaml at a quarter of its widths (its structure:
+    attention at ½ and ¼ of the latent, semantic resnet50 tokens, 256 px tiles at 0.5 µm/px), random
+    weights but the demo's, on a fully covered 620 µm square. Goal ≤ 1.3× the naive tiles.
+(7) The lab case of issue 12: the default ``make-sample`` slide (0.5 µm/px), a ci.yaml model trained
+    6 steps on a default ``prepare`` store (256 px tiles at 0.5 µm/px), ``stainldm stain --steps 4`` in
+    a fresh process with the CLI's own threads: wall time and peak RSS. Goal ≤ 240 s and < 3 GB.
 
 Results go to ``bench-out/stain.json``; temporary files to one folder removed at the end.
 """
@@ -57,6 +64,7 @@ from _util import (
     write_json,
 )
 
+import stainldm.inference.model as model_mod
 import stainldm.inference.stain as stain_mod
 from stainldm.eval.metrics import seam_score
 from stainldm.inference.canvas import evaluations_per_pixel, window_grid
@@ -76,6 +84,10 @@ REGION_SIDES = (382, 1024, 1241, 2048, 2100, 2500, 5000, 10000)  # (2): 382 = on
 SWEEP = (*range(128, 2100, 13), *range(2100, 12000, 97))  # (2): region sides from one training tile up
 REPEATS = 2  # (3): runs of each slide, alternating; the fastest counts
 GOAL_SEAM, GOAL_OVERLAP, GOAL_BG, GOAL_RSS, FLAT = 1.05, 1.3, 0.35, 4 << 30, 1.1
+CONFIG_SIDE_UM, GOAL_CONFIG = 620, 1.3  # (6)
+LAB_QUARTER = ["autoencoder.channels=[32,64,128]", "ldm.denoiser.channels=[64,128,192]",
+               "ldm.condition.spatial_channels=16", "ldm.condition.token_dim=128"]  # (6): lab-f4 at 1/4 width
+GOAL_CASE_S, GOAL_CASE_RSS = 240, 3 << 30  # (7)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,7 +132,7 @@ def make_slide(path: Path, tex: tuple, side: int, pitch: int | None) -> Path:
 # In-process staining, instrumented
 # ---------------------------------------------------------------------------------------------
 class Recorder:
-    """Wraps ``fuse_windows`` and ``decode_tiled`` as stain.py calls them, and ``model.stain_canvas``:
+    """Wraps ``fuse_windows`` and ``decode_tiled`` as the model calls them, and ``model.stain_batch``:
     counts the latent pixels evaluated and decoded, keeps every step's window starts, the last
     canvas's decode tiles and its output before JPEG."""
 
@@ -129,8 +141,8 @@ class Recorder:
         self.decoded_px = 0  # latent px through the decoder
 
     def __enter__(self) -> Recorder:
-        self._saved = fuse, decode = stain_mod.fuse_windows, stain_mod.decode_tiled
-        stain_canvas = self.model.stain_canvas
+        self._saved = fuse, decode = model_mod.fuse_windows, model_mod.decode_tiled
+        stain_batch = self.model.stain_batch
 
         def fuse_counted(predict, positions, *, canvas, window, **kw):
             h, w = canvas.shape[-2:]
@@ -147,18 +159,18 @@ class Recorder:
 
             return decode(counted, z, tile=tile, overlap=overlap, scale=scale, **kw)
 
-        def canvas_kept(x, cfg, *, seed, tissue=None):
-            out = stain_canvas(x, cfg, seed=seed, tissue=tissue)
-            self.canvas = to_uint8(out)
-            return out
+        def batch_kept(xs, cfg, *, seeds, tissues=None):
+            outs = stain_batch(xs, cfg, seeds=seeds, tissues=tissues)
+            self.canvas = to_uint8(outs[-1])
+            return outs
 
-        stain_mod.fuse_windows, stain_mod.decode_tiled = fuse_counted, decode_kept
-        self.model.stain_canvas = canvas_kept
+        model_mod.fuse_windows, model_mod.decode_tiled = fuse_counted, decode_kept
+        self.model.stain_batch = batch_kept
         return self
 
     def __exit__(self, *exc: object) -> None:
-        stain_mod.fuse_windows, stain_mod.decode_tiled = self._saved
-        del self.model.stain_canvas  # back to the class's method
+        model_mod.fuse_windows, model_mod.decode_tiled = self._saved
+        del self.model.stain_batch  # back to the class's method
 
 
 def to_uint8(out: torch.Tensor) -> np.ndarray:
@@ -228,9 +240,9 @@ def seams(model: StainModel, naive: np.ndarray, rec: Recorder, fused_tiff: Path)
     t, f = model.tile_px, model.f
     grid = list(range(t, side, t))
     control = [x for x in range(t // 4, side, t // 4) if x % t]  # three shifted grids: more steps, less noise
-    positions, win = rec.layouts[-1]
-    win_x = sorted({e * f for _, x in positions for e in (x, x + win[1])})
-    win_y = sorted({e * f for y, _ in positions for e in (y, y + win[0])})
+    positions, win = rec.layouts[-1]  # (canvas, y, x) starts
+    win_x = sorted({e * f for *_, x in positions for e in (x, x + win[1])})
+    win_y = sorted({e * f for *_, y, _ in positions for e in (y, y + win[0])})
     (h, w), (ty, tx), overlap, scale = rec.decode
     dec = window_grid((h, w), window=(ty, tx), overlap=overlap)
     dec_x = sorted({e * scale for _, x in dec for e in (x, x + tx)})
@@ -265,16 +277,99 @@ def overlap_by_size(model: StainModel, cfg: StainConfig, side: int) -> tuple[int
 
 
 # ---------------------------------------------------------------------------------------------
+# (6) every shipped config
+# ---------------------------------------------------------------------------------------------
+def random_run(config: Path, overrides: list[str], out: Path, *, tile: int, mpp: float) -> Path:
+    """An ldm run folder of ``config``'s architecture with random weights: the cost of a network does
+    not depend on its weights. Input statistics are the sample's autofluorescence range."""
+    from pipelines.train import load_train_config
+    from stainldm.config import to_dict
+    from stainldm.models.autoencoder import build_autoencoder, downsampling
+    from stainldm.models.ldm import LatentDiffusion
+    from stainldm.train import checkpoint as ckpt
+
+    cfg = load_train_config(config, overrides)
+    torch.manual_seed(0)
+    f, lat = downsampling(cfg.autoencoder), cfg.autoencoder.latent_channels
+    ldm = LatentDiffusion(cfg.ldm, in_channels=2, latent_channels=lat, downsampling=f)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt.save_weights(ldm, out / "model.safetensors")
+    ckpt.save_weights(build_autoencoder(cfg.autoencoder), out / "autoencoder.safetensors")
+    ae = {"config": to_dict(cfg.autoencoder), "latent_channels": lat, "downsampling": f, "latent_scale": 1.0}
+    ckpt.write_model_json(out / "model.json", {
+        "kind": "ldm", "in_channels": 2, "tile_px": tile, "mpp": mpp, "input_stats": {"low": [100, 100],
+                                                                                    "high": [4000, 4000]},
+        "config": to_dict(cfg.ldm), "latent_channels": lat, "downsampling": f, "latent_scale": 1.0, "autoencoder": ae})
+    return out
+
+
+def config_ratio(model: StainModel, tex: tuple, tmp: Path, steps: int) -> dict[str, Any]:
+    """CPU s per tissue Mpx of ``stain_slide`` on a fully covered square against the naive tiles'."""
+    side = math.ceil(CONFIG_SIDE_UM / MPP)
+    path = make_slide(tmp / "config.tiff", tex, side, None)
+    cfg = StainConfig(steps=steps, sampler="dpmpp_2m")
+    r = stain_timed(model, path, tmp / "config-out.tiff", cfg, full=True)
+    r.pop("rec")
+    n = max(1, math.floor(side * MPP / model.mpp / model.tile_px))
+    _img, _wall, cpu = naive_tiles(model, path, cfg, n)
+    naive = cpu / ((n * model.tile_px) ** 2 / 1e6)
+    h = math.ceil(side * MPP / model.mpp)
+    win, _overlap = model.ldm_windows(*[model.padded_size(h, h)[0] // model.f] * 2, cfg)
+    path.unlink()
+    return {"tile_px": model.tile_px, "mpp": model.mpp, "window_latent": list(win), "overlap_cost": r["overlap_cost"],
+            "stain_cpu_per_mpx": r["cpu"] / r["tissue_mpx"], "naive_cpu_per_mpx": naive,
+            "ratio": r["cpu"] / r["tissue_mpx"] / naive, "naive_tiles": n * n}
+
+
+def every_config(tex: tuple, tmp: Path, steps: int) -> dict[str, dict[str, Any]]:
+    runs = {"ci.yaml": random_run(ROOT / "configs" / "ci.yaml", [], tmp / "ci", tile=64, mpp=1.0),
+            "demo.yaml (shipped model)": ROOT / "data" / "checkpoints" / "ldm",
+            "lab-f4.yaml at 1/4 width": random_run(ROOT / "configs" / "lab-f4.yaml", LAB_QUARTER, tmp / "lab",
+                                                   tile=256, mpp=0.5)}
+    out = {}
+    for name, run in runs.items():
+        print(f"(6) {name}: stain_slide and naive tiles, {steps} NFE ...", flush=True)
+        model = StainModel.load(run)
+        model.stain_canvas(model.normalise(tex[0][:256, :256]), StainConfig(steps=1), seed=0)  # warm-up
+        out[name] = config_ratio(model, tex, tmp, steps)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# (7) the lab case: a ci.yaml model on a default store, the default sample at 0.5 µm/px
+# ---------------------------------------------------------------------------------------------
+def lab_case(tmp: Path) -> dict[str, Any]:
+    exe = str(Path(sys.executable).with_name("stainldm"))
+    base = tmp / "lab-case"
+    ci = str(ROOT / "configs" / "ci.yaml")
+    for argv in (["make-sample", "--out", str(base / "sample")],
+                 ["prepare", "--unstained", str(base / "sample" / "unstained.tiff"), "--stained",
+                  str(base / "sample" / "stained.tiff"), "--out", str(base / "store")],
+                 ["train", "autoencoder", "--config", ci, "--store", str(base / "store"), "--out", str(base / "ae"),
+                  "--device", "cpu"],
+                 ["train", "ldm", "--config", ci, "--store", str(base / "store"), "--autoencoder", str(base / "ae"),
+                  "--out", str(base / "ldm"), "--device", "cpu"]):
+        subprocess.run([exe, *argv, "--quiet"], check=True)
+    peak, wall, cpu = cli_peak_rss(base / "sample" / "unstained.tiff", base / "ldm", base / "out", steps=4)
+    import json
+
+    meta = json.loads((base / "out" / "unstained.json").read_text())
+    shutil.rmtree(base, ignore_errors=True)
+    return {"peak_rss": peak, "wall": wall, "cpu": cpu, "regions": meta["regions"], "size_wh": meta["size_wh"],
+            "tissue_fraction": meta["tissue_fraction"]}
+
+
+# ---------------------------------------------------------------------------------------------
 # Peak memory of the CLI, one fresh process per slide
 # ---------------------------------------------------------------------------------------------
-def cli_peak_rss(slide: Path, checkpoint: Path, out: Path) -> tuple[int, float, float]:
-    """Peak RSS (bytes), wall and CPU seconds of ``stainldm stain --steps 1`` on ``slide``.
+def cli_peak_rss(slide: Path, checkpoint: Path, out: Path, *, steps: int = 1) -> tuple[int, float, float]:
+    """Peak RSS (bytes), wall and CPU seconds of ``stainldm stain --steps N`` on ``slide``.
 
     The peak is the child's own VmHWM, polled: its rusage ``ru_maxrss`` (``wait4``, RUSAGE_CHILDREN)
     starts from this process's RSS at the fork, which Linux carries across ``exec``."""
     exe = Path(sys.executable).with_name("stainldm")
     cmd = [str(exe), "stain", str(slide), "--checkpoint", str(checkpoint), "--out", str(out),
-           "--steps", "1", "--device", "cpu", "--quiet"]
+           "--steps", str(steps), "--device", "cpu", "--quiet"]
     t0, peak_kib = time.perf_counter(), 0
     with open(out.with_suffix(".log"), "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -302,6 +397,8 @@ def main() -> None:
     p.add_argument("--skip-rss", action="store_true", help="skip (4), the slowest part")
     p.add_argument("--overlap", type=int, default=StainConfig.overlap_px, metavar="PX",
                    help="least window overlap in output px, as `stainldm stain --overlap` (default: its default)")
+    p.add_argument("--skip-configs", action="store_true", help="skip (6), the other configs' models")
+    p.add_argument("--skip-lab-case", action="store_true", help="skip (7), the 0.5 µm/px lab case (about 3 minutes)")
     p.add_argument("--threads", type=int, default=1, help="torch threads in this process (default 1: CPU "
                    "seconds are then work, not OpenMP spinning on a busy machine)")
     args = p.parse_args()
@@ -348,6 +445,11 @@ def main() -> None:
             res["rss"].append((side, *cli_peak_rss(path, args.checkpoint, tmp / f"rss-{side}")))
             shutil.rmtree(tmp / f"rss-{side}", ignore_errors=True)
             path.unlink()
+        if not args.skip_configs:
+            res["configs"] = every_config(tex, tmp, cfg.steps)
+        if not args.skip_lab_case:
+            print("(7) the lab case: make-sample, prepare (defaults), train ci.yaml, stain --steps 4 ...", flush=True)
+            res["lab_case"] = lab_case(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report(res, model, cfg)
@@ -413,6 +515,23 @@ def report(res: dict[str, Any], model: StainModel, cfg: StainConfig) -> None:
         peak, growth = max(r[1] for r in rss), rss[-1][1] / rss[0][1]
         print(f"max {peak / 2**30:.2f} GB, {rss[-1][0]}² ÷ {rss[0][0]}² {growth:.2f}x; goal < 4 GB and flat "
               f"(<= {FLAT}x): {_ok(peak < GOAL_RSS and growth <= FLAT)}")
+
+    if res.get("configs"):
+        print(f"\n(6) seconds per tissue Mpx of each shipped config's model (random weights but the demo's) on a fully "
+              f"covered {CONFIG_SIDE_UM} µm square, {cfg.steps} NFE, CPU s with {torch.get_num_threads()} thread(s), "
+              f"against its naive tiles (each training tile sampled on its own, batched, decoded whole):")
+        print(table(["config", "tile px @ µm/px", "window (latent)", "overlap cost", "stain CPU s/Mpx",
+                     "naive CPU s/Mpx", "÷ naive", f"goal <= {GOAL_CONFIG}"],
+                    [[n, f"{r['tile_px']} @ {r['mpp']}", "x".join(map(str, r["window_latent"])),
+                      f"{r['overlap_cost']:.3f}", f"{r['stain_cpu_per_mpx']:.1f}", f"{r['naive_cpu_per_mpx']:.1f}",
+                      f"{r['ratio']:.2f}", _ok(r["ratio"] <= GOAL_CONFIG)] for n, r in res["configs"].items()]))
+    if res.get("lab_case"):
+        c = res["lab_case"]
+        print(f"\n(7) the lab case: `stainldm stain --steps 4` of the default make-sample slide ({c['size_wh'][0]}×"
+              f"{c['size_wh'][1]} px at 0.5 µm/px, {c['regions']} cores, {c['tissue_fraction']:.0%} tissue) with a ci.yaml "
+              f"model on a default store (256 px tiles): {c['wall']:.0f} s wall ({c['cpu']:.0f} CPU s), peak RSS "
+              f"{c['peak_rss'] / 2**30:.2f} GB; goal <= {GOAL_CASE_S} s and < {GOAL_CASE_RSS / 2**30:.0f} GB: "
+              f"{_ok(c['wall'] <= GOAL_CASE_S and c['peak_rss'] < GOAL_CASE_RSS)}")
 
     full, naive_cpu = runs["full"], res["naive_cpu"] / res["naive_mpx"]
     print(f"\n(5) seconds per tissue Mpx at {model.mpp} µm/px, {cfg.sampler} {cfg.steps} NFE on this CPU, "

@@ -23,6 +23,21 @@ from stainldm.errors import StainLDMError, one_line
 log = logging.getLogger("stainldm")
 
 
+def _one_malloc_arena() -> None:
+    """glibc gives every thread that allocates a malloc arena of its own, and memory freed there stays
+    in it: with stain's reader and writer threads, peak memory grew with the slide (1.13× from a 5000²
+    to a 20000² slide, against 1.05× with one arena, which also staining measured no slower). Before
+    torch is imported and starts its threads; a MALLOC_ARENA_MAX the user set wins."""
+    if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-8, 1)  # M_ARENA_MAX
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stainldm",
@@ -45,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _one_malloc_arena()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -6,8 +6,13 @@
 
 Reproducible and resumable: every random draw comes from generators seeded by (seed, step), the
 tile stream from :class:`~stainldm.data.dataset.EpochSampler`, so a run interrupted at a
-checkpoint and resumed produces the same loss curve as one that was not. Under ``torchrun`` the
-same command trains with DistributedDataParallel (NCCL on GPU, gloo on CPU); only rank 0 writes.
+checkpoint and resumed produces the same loss curve as one that was not.
+
+Precision (``train.precision``) is autocast around the forward passes, bf16 on a CPU as on a GPU,
+with loss scaling for fp16. Under ``torchrun`` the same command trains with DistributedDataParallel
+(NCCL on GPU, gloo on CPU): the trained model and the autoencoder's discriminator each have their
+own DDP wrapper, BatchNorm statistics are averaged after every step, gradients are exchanged once
+per step under accumulation (``no_sync``), the ranks stay bit-identical, and only rank 0 writes.
 """
 
 from __future__ import annotations
