@@ -203,8 +203,7 @@ def core_canvases(model: StainModel, n: int, device: torch.device) -> tuple[list
 
 def bench_staining(model: StainModel, xs, tissues, tissue_um2: float, cfg: StainConfig) -> dict[str, Any]:
     device = model.device
-    per_call = max(1, cfg.batch_size // (model.windows_per_canvas(*model.padded_size(*xs[0].shape[-2:]), cfg)
-                                         * cfg.samples))
+    per_call = model.canvases_per_call(*model.padded_size(*xs[0].shape[-2:]), cfg)
 
     def run():
         for i in range(0, len(xs), per_call):

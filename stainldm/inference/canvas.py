@@ -71,6 +71,14 @@ def window_weight(window: tuple[int, int] | int, *, overlap: int, device=None, d
     return ramp(wy)[:, None] * ramp(wx)[None, :]
 
 
+def _axis_layout(length: int, window: int, overlap: int) -> tuple[int, bool]:
+    """Windows of ``window`` that cover ``length`` with at least ``overlap``, and whether they are
+    pinned: fewer than 1 px of spare overlap per gap, so jittered layouts cannot move their borders
+    (two windows are pinned to the canvas ends whatever their size)."""
+    n = 1 if length <= window else math.ceil((length - overlap) / (window - overlap))
+    return n, n >= 3 and n * window - length - overlap * (n - 1) < n - 1
+
+
 def axis_window(length: int, *, window: int, overlap: int, multiple: int = 1, max_scale: float = 1.5,
                 movable: bool = False) -> int:
     """The window length (``window`` … ``max_scale · window``, a multiple of ``multiple``) that
@@ -86,8 +94,7 @@ def axis_window(length: int, *, window: int, overlap: int, multiple: int = 1, ma
         return window
     options = []
     for w in range(math.ceil(window / multiple) * multiple, int(window * max_scale) + 1, multiple):
-        n = 1 if length <= w else math.ceil((length - overlap) / (w - overlap))
-        pinned = n >= 3 and n * w - length - overlap * (n - 1) < n - 1
+        n, pinned = _axis_layout(length, w, overlap)
         options.append((n * min(w, length), w, pinned))
     cost, best, _ = min(options)
     if movable:  # the cheapest window with room, if it costs at most 5 % more
@@ -144,9 +151,7 @@ def _axis_options(length: int, *, window: int, overlap: int, multiple: int, max_
         if length <= w:
             out.setdefault(length, (length, 1, False))
             continue
-        n = math.ceil((length - overlap) / (w - overlap))
-        pinned = n >= 3 and n * w - length - overlap * (n - 1) < n - 1
-        out[w] = (w, n, pinned)
+        out[w] = (w, *_axis_layout(length, w, overlap))
     return list(out.values())
 
 

@@ -176,6 +176,11 @@ class StainModel:
         win = self._baseline_window(h, w, cfg)
         return len(window_grid((h, w), window=win, overlap=cfg.overlap_px))
 
+    def canvases_per_call(self, h: int, w: int, cfg: StainConfig) -> int:
+        """How many ``h × w`` (output px, padded) canvases, with their samples, fill one network call
+        of ``cfg.batch_size`` windows (at least one)."""
+        return max(1, cfg.batch_size // (self.windows_per_canvas(h, w, cfg) * cfg.samples))
+
     def _baseline_window(self, h: int, w: int, cfg: StainConfig) -> tuple[int, int]:
         return (axis_window(h, window=self.tile_px, overlap=cfg.overlap_px, multiple=16),
                 axis_window(w, window=self.tile_px, overlap=cfg.overlap_px, multiple=16))

@@ -129,8 +129,7 @@ def batch_canvases(model: StainModel, regions: list[tuple[int, int, int, int]], 
                    math.ceil(hw[1] * 1.07 / model.multiple / model.f) * model.multiple * model.f)
             open_[key] = []
         open_[key].append(canvas)
-        per_call = max(1, cfg.batch_size // (model.windows_per_canvas(*key, cfg) * cfg.samples))
-        if len(open_[key]) >= per_call:
+        if len(open_[key]) >= model.canvases_per_call(*key, cfg):
             batches.append(open_.pop(key))
     return batches + list(open_.values())
 
