@@ -18,7 +18,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import stainldm
-from stainldm.errors import StainLDMError, one_line
+from stainldm.errors import StainLDMError, one_line, with_flags
 
 log = logging.getLogger("stainldm")
 
@@ -59,6 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def flags_of(parser: argparse.ArgumentParser, command: str | None) -> dict[str, str]:
+    """Parameter (argparse dest) -> flag for ``command``'s options: ``{"batch_size": "--batch-size"}``."""
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    chosen = sub.choices.get(command) if sub is not None and command else None
+    flags = {}
+    for action in (chosen or parser)._actions:
+        longs = [s for s in action.option_strings if s.startswith("--")]
+        if longs:
+            flags[action.dest] = longs[0]
+    return flags
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _one_malloc_arena()
     parser = build_parser()
@@ -75,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StainLDMError as exc:
         if args.debug:
             raise
-        print(f"error: {one_line(exc)}", file=sys.stderr)
+        print(f"error: {with_flags(one_line(exc), flags_of(parser, args.command))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("error: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -1,15 +1,36 @@
 """Errors stainldm raises for things a user can fix or should know about.
 
 Every message names the file, key or argument at fault, says what was wrong and what to do.
+A message names a function parameter in backticks, as the library's signatures spell it
+(``"`steps` (0) must be ..."``, ``"pass `mpp`"``); the CLI shows each such name as the flag that sets
+it (:func:`with_flags`: ``--steps``, ``--mpp``), so one message serves a notebook and the command line.
 The CLI prints ``error: <message>`` on one line and exits with ``exit_code``.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+
+_PARAM = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
+
 
 def one_line(text: object) -> str:
     """``text`` (an exception, say) on one line: runs of whitespace and newlines become one space."""
     return " ".join(str(text).split())
+
+
+def with_flags(message: str, flags: Mapping[str, str]) -> str:
+    """``message`` with each backticked parameter name that ``flags`` maps written as its flag.
+
+    Args:
+        message: an error message (``"`batch_size` must be positive"``).
+        flags: parameter name -> command-line flag (``{"batch_size": "--batch-size"}``).
+
+    Returns:
+        ``"--batch-size must be positive"``; names ``flags`` lacks keep their backticks.
+    """
+    return _PARAM.sub(lambda m: flags.get(m.group(1), m.group(0)), message)
 
 
 class StainLDMError(Exception):

@@ -48,15 +48,15 @@ def sample(name: str, model_fn: ModelFn, schedule: NoiseSchedule, x_T: torch.Ten
         the x_0 estimate, shaped like ``x_T``, in its dtype.
 
     Raises:
-        InputError: naming ``--sampler``, ``--steps`` or ``--eta`` on a bad value.
+        InputError: naming ``sampler``, ``steps`` or ``eta`` on a bad value.
     """
     if name == "ddim":
         return ddim_sample(model_fn, schedule, x_T, steps=steps, eta=eta, generator=generator, callback=callback)
     if name == "dpmpp_2m":
         if eta != 0.0:
-            raise InputError(f"--eta ({eta}) only applies to the ddim sampler; dpmpp_2m is deterministic")
+            raise InputError(f"`eta` ({eta}) only applies to the ddim sampler; dpmpp_2m is deterministic")
         return dpmpp_2m_sample(model_fn, schedule, x_T, steps=steps, generator=generator, callback=callback)
-    raise InputError(f"--sampler '{name}' is not one of {', '.join(SAMPLERS)}; dpmpp_2m needs the fewest steps")
+    raise InputError(f"`sampler` '{name}' is not one of {', '.join(SAMPLERS)}; dpmpp_2m needs the fewest steps")
 
 
 def ddim_sample(model_fn: ModelFn, schedule: NoiseSchedule, x_T: torch.Tensor, *, steps: int | None = None,
@@ -85,7 +85,7 @@ def ddim_sample(model_fn: ModelFn, schedule: NoiseSchedule, x_T: torch.Tensor, *
         InputError: on bad ``steps``, ``timesteps`` or ``eta``.
     """
     if not eta >= 0.0:
-        raise InputError(f"--eta ({eta}) must be ≥ 0: 0 is deterministic DDIM, 1 is DDPM-like")
+        raise InputError(f"`eta` ({eta}) must be ≥ 0: 0 is deterministic DDIM, 1 is DDPM-like")
     ts = _timesteps(schedule, steps, timesteps)
     x = x_T.to(torch.float32)
     for i, t in enumerate(ts):
@@ -157,11 +157,11 @@ def _timesteps(schedule: NoiseSchedule, steps: int | None, timesteps: Sequence[i
     """The timesteps to visit, as Python ints, from ``steps`` or checked explicit ``timesteps``."""
     if timesteps is None:
         if steps is None:
-            raise InputError("--steps is missing: give the number of sampling steps (10-50 is usual)")
+            raise InputError("`steps` is missing: give the number of sampling steps (10-50 is usual)")
         return schedule.inference_timesteps(steps).tolist()
     ts = [int(t) for t in (timesteps.tolist() if isinstance(timesteps, torch.Tensor) else timesteps)]
     if steps is not None and steps != len(ts):
-        raise InputError(f"--steps ({steps}) disagrees with the {len(ts)} explicit timesteps; give one of them")
+        raise InputError(f"`steps` ({steps}) disagrees with the {len(ts)} explicit timesteps; give one of them")
     bad_range = any(not 0 <= t < schedule.train_steps for t in ts)
     if not ts or bad_range or any(a <= b for a, b in itertools.pairwise(ts)):
         raise InputError(f"timesteps {ts} must be non-empty, strictly decreasing and within "

@@ -286,10 +286,10 @@ class NoiseSchedule:
             int64 CPU tensor (n,).
 
         Raises:
-            InputError: naming ``--steps`` when ``n`` is out of range.
+            InputError: naming ``steps`` when ``n`` is out of range.
         """
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.train_steps:
-            raise InputError(f"--steps ({n!r}) must be an integer from 1 to the model's "
+            raise InputError(f"`steps` ({n!r}) must be an integer from 1 to the model's "
                              f"{self.train_steps} training steps; 10-50 is usual")
         i = torch.arange(n, dtype=torch.float64)
         return (torch.round(self.train_steps - i * (self.train_steps / n)) - 1).to(torch.long)

@@ -297,5 +297,5 @@ def test_dispatcher_rejects_bad_arguments_by_name(kwargs, match):
 def test_explicit_timesteps_are_checked(timesteps):
     with pytest.raises(InputError, match="timesteps"):
         ddim_sample(_random_model, NoiseSchedule(), torch.zeros(1, 3, 2, 2), timesteps=timesteps)
-    with pytest.raises(InputError, match="--steps"):
+    with pytest.raises(InputError, match="`steps`"):
         dpmpp_2m_sample(_random_model, NoiseSchedule(), torch.zeros(1, 3, 2, 2), steps=3, timesteps=[9, 5])

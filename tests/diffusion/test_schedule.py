@@ -158,7 +158,7 @@ def test_trailing_inference_timesteps():
 
 @pytest.mark.parametrize("n", [0, -3, 1001, 2.5, True])
 def test_inference_timesteps_rejects_bad_step_counts(n):
-    with pytest.raises(InputError, match="--steps"):
+    with pytest.raises(InputError, match="`steps`"):
         NoiseSchedule().inference_timesteps(n)
 
 

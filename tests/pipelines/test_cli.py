@@ -56,3 +56,17 @@ def test_unknown_command_is_a_usage_error():
     with pytest.raises(SystemExit) as exc:
         main(["frobnicate"])
     assert exc.value.code == 2
+
+
+def test_library_messages_name_parameters_and_the_cli_shows_flags(tmp_path, capsys):
+    from stainldm.diffusion.schedule import NoiseSchedule, ScheduleConfig
+    from stainldm.errors import InputError, with_flags
+
+    assert with_flags("`batch_size` must be positive; `other` stays", {"batch_size": "--batch-size"}) == \
+        "--batch-size must be positive; `other` stays"
+    with pytest.raises(InputError, match=r"^`steps` \(0\)"):  # the library speaks of its parameter
+        NoiseSchedule(ScheduleConfig(train_steps=20)).inference_timesteps(0)
+    assert main(["stain", str(tmp_path / "none.tiff"), "--checkpoint", str(tmp_path), "--out", str(tmp_path / "o"),
+                 "--steps", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --steps") and "`" not in err, err
