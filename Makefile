@@ -29,12 +29,14 @@ browser:
 	  (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1) || \
 	  echo "note: could not install chromium; the report's browser test will be skipped"
 
+# The suite (slow tests excluded) and, at its end, the 20 slowest tests: who dominates its minutes.
 test: $(STAMP) browser
 	$(BIN)/ruff check .
-	WANDB_MODE=disabled $(BIN)/python -m pytest
+	WANDB_MODE=disabled $(BIN)/python -m pytest --durations=20
 
-test-slow: $(STAMP)
-	WANDB_MODE=disabled $(BIN)/python -m pytest -m slow
+# The heavy end-to-end checks marked `slow` (each repeats, bigger, what a faster test covers).
+test-slow: $(STAMP) browser
+	WANDB_MODE=disabled $(BIN)/python -m pytest -m slow --durations=20
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

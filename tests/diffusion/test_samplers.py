@@ -279,12 +279,12 @@ def test_samplers_on_cuda_with_a_cpu_generator_match_the_cpu():
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
-    ({"name": "euler"}, "--sampler"),
-    ({"steps": 0}, "--steps"),
-    ({"steps": -5}, "--steps"),
-    ({"steps": 1001}, "--steps"),
-    ({"name": "dpmpp_2m", "eta": 0.5}, "--eta"),
-    ({"eta": -0.1}, "--eta"),
+    ({"name": "euler"}, "`sampler`"),
+    ({"steps": 0}, "`steps`"),
+    ({"steps": -5}, "`steps`"),
+    ({"steps": 1001}, "`steps`"),
+    ({"name": "dpmpp_2m", "eta": 0.5}, "`eta`"),
+    ({"eta": -0.1}, "`eta`"),
 ])
 def test_dispatcher_rejects_bad_arguments_by_name(kwargs, match):
     schedule = NoiseSchedule()
