@@ -70,7 +70,7 @@ def check_tiff_pages(path: Path, pages) -> None:
         raise
     except Exception as exc:
         raise SlideFormatError(f"{path}: cannot read the TIFF's directory ({type(exc).__name__}: {exc}); "
-                               "the file is corrupt or truncated") from None
+                               "the file is corrupt or truncated") from exc
 
 
 def check_tiff_file(path: Path) -> None:
@@ -84,4 +84,4 @@ def check_tiff_file(path: Path) -> None:
         raise
     except Exception as exc:
         raise SlideFormatError(f"{path}: tifffile cannot parse its TIFF structure ({type(exc).__name__}: "
-                               f"{exc}); the file is corrupt or truncated") from None
+                               f"{exc}); the file is corrupt or truncated") from exc

@@ -111,7 +111,7 @@ def slide_mask(slide, cfg: TissueConfig = TissueConfig(), *, modality: Modality 
         InputError: the slide does not record its mpp.
     """
     if slide.mpp is None:
-        raise InputError(f"{slide.name}: the slide does not record its mpp; pass --mpp")
+        raise InputError(f"{slide.name}: the slide does not record its mpp; pass `mpp`")
     w, h = slide.dimensions
     size = (max(2, math.ceil(w * slide.mpp[0] / cfg.mask_mpp)), max(2, math.ceil(h * slide.mpp[1] / cfg.mask_mpp)))
     thumb = slide.read_at_mpp((0, 0), size, cfg.mask_mpp)
@@ -229,3 +229,30 @@ def _unit(img: np.ndarray) -> np.ndarray:
     x = img.astype(np.float32)
     hi = float(np.percentile(x, 99.9)) or 1.0
     return np.clip(x / hi, 0, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# A fixed-threshold mask for known H&E on glass
+# ---------------------------------------------------------------------------------------------
+# Natural-log optical density of each 8-bit value (+1 keeps 0 finite).
+_OD_LUT = (-np.log((np.arange(256) + 1.0) / 256.0)).astype(np.float32)
+
+
+def he_fixed_threshold_mask(rgb: np.ndarray) -> np.ndarray:
+    """Per-pixel H&E tissue mask with fixed saturation / optical-density thresholds.
+
+    Unlike :func:`tissue_mask` it adapts to nothing (no Otsu threshold, no ink removal, no
+    morphological clean-up), so a pixel's answer does not depend on the rest of the image: right
+    for masking pieces of one known H&E slide consistently, not for unknown scans.
+
+    Args:
+        rgb: ``(H, W, 3)`` uint8 H&E on glass.
+
+    Returns:
+        ``(H, W)`` bool: saturation above 0.08 or summed (natural-log) OD above 0.45.
+    """
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    mx, mn = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
+    sat = (mx - mn).astype(np.float32) / np.maximum(mx, 1)
+    od = _OD_LUT[r] + _OD_LUT[g] + _OD_LUT[b]
+    return (sat > 0.08) | (od > 0.45)

@@ -13,14 +13,10 @@ import pytest
 from skimage.color import rgb2hed
 
 from stainldm.config import from_dict, load_config
-from stainldm.data.synthetic import (
-    AUTOFLUORESCENCE_CHANNELS,
-    SampleConfig,
-    make_tma_pair,
-    stained_to_unstained,
-    unstained_to_stained,
-)
-from stainldm.errors import ConfigError, InputError, RunError
+from stainldm.data._optics import AUTOFLUORESCENCE_CHANNELS
+from stainldm.data.synthetic import SampleConfig, make_tma_pair
+from stainldm.data.warp import stained_to_unstained, unstained_to_stained
+from stainldm.errors import ConfigError, InputError
 from stainldm.wsi.reader import ArrayReader, open_slide
 
 SOURCE = Path(__file__).resolve().parents[2] / "data" / "samples" / "CMU-1-Small-Region.svs"
@@ -278,8 +274,14 @@ def test_source_with_too_little_tissue_says_what_to_reduce(source):
 
 
 def test_source_without_mpp_is_refused(source):
-    with pytest.raises(InputError, match="mpp"):
+    with pytest.raises(InputError, match=r"does not record its resolution \(mpp\).*pass `mpp` when opening it"):
         make_tma_pair(ArrayReader(source.read_region((0, 0), (500, 500))), small_cfg())
+
+
+def test_source_that_is_not_rgb_is_refused(source):
+    gray = ArrayReader(source.read_region((0, 0), (500, 500))[..., :1], mpp=0.5)
+    with pytest.raises(InputError, match=r"must be an RGB uint8 H&E slide, got 1 channel\(s\) of uint8"):
+        make_tma_pair(gray, small_cfg())
 
 
 def test_config_rejects_unknown_keys_and_impossible_grids(tmp_path):
@@ -298,12 +300,3 @@ def test_config_rejects_unknown_keys_and_impossible_grids(tmp_path):
     cfg = load_config(SampleConfig, yaml, overrides=["grid.cols=3"])
     assert (cfg.grid.rows, cfg.grid.cols, cfg.seed) == (2, 3, 7)
 
-
-def test_point_mapping_refuses_a_warp_it_cannot_invert(af_pair):
-    t = _roundtrip(af_pair.truth)["transform"]
-    shape = np.asarray(t["elastic_field"]["dx"]).shape
-    checker = 200.0 * (np.indices(shape).sum(axis=0) % 2 * 2 - 1)  # ±200 px between neighbouring nodes
-    rough = {**t, "elastic_field": {**t["elastic_field"], "dx": checker.tolist(), "dy": checker.tolist()}}
-    points = np.asarray(af_pair.truth["landmarks"][af_pair.truth["cores"][0]["id"]])[:5, :2]
-    with pytest.raises(RunError, match="did not converge"):
-        unstained_to_stained(points, rough)

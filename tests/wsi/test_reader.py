@@ -160,7 +160,7 @@ def test_png_rgba_is_composited_on_white_and_jpeg_reads(tmp_path):
         assert isinstance(slide, ArrayReader) and slide.vendor == "png" and slide.mpp is None
         px = slide.read_region((0, 0), (30, 20))
         assert tuple(px[0, 0]) == (200, 0, 0) and tuple(px[0, 20]) == (255, 255, 255)
-        with pytest.raises(InputError, match="does not record its resolution"):
+        with pytest.raises(InputError, match="does not record its resolution.*pass `mpp` when opening it"):
             slide.read_at_mpp((0, 0), (10, 10), 0.5)
     with open_slide(tmp_path / "a.png", mpp=0.5) as slide:
         assert slide.read_at_mpp((0, 0), (15, 10), 1.0).shape == (10, 15, 3)
@@ -171,10 +171,19 @@ def test_png_rgba_is_composited_on_white_and_jpeg_reads(tmp_path):
 
 def test_bad_level_and_size_are_input_errors(he_pyramid):
     with open_slide(he_pyramid[0]) as slide:
-        with pytest.raises(InputError, match="level 7 does not exist"):
+        with pytest.raises(InputError, match="`level` 7 does not exist"):
             slide.read_region((0, 0), (10, 10), level=7)
-        with pytest.raises(InputError, match="must be positive"):
+        with pytest.raises(InputError, match=r"`size_wh` must be positive, got 0x10"):
             slide.read_region((0, 0), (0, 10))
+        with pytest.raises(InputError, match=r"`mpp` \(the target resolution\) must be positive"):
+            slide.read_at_mpp((0, 0), (10, 10), 0.0)
+        with pytest.raises(InputError, match="`max_px` must be positive"):
+            slide.thumbnail(0)
+
+
+def test_array_reader_refuses_a_non_image_array():
+    with pytest.raises(InputError, match=r"`array` must be an H×W×C image, got shape \(2, 3, 4, 5\)"):
+        ArrayReader(np.zeros((2, 3, 4, 5), np.uint8))
 
 
 # -- bad input: each a one-line error naming the file -------------------------------------------
@@ -221,8 +230,9 @@ def test_text_file(tmp_path, name):
 
 def test_corrupt_tiff_header(tmp_path):
     (tmp_path / "bad.tif").write_bytes(b"II*\x00" + b"\xff" * 400)
-    with pytest.raises(SlideFormatError, match=r"bad\.tif: .*tifffile cannot"):
+    with pytest.raises(SlideFormatError, match=r"bad\.tif: .*tifffile cannot") as info:
         open_slide(tmp_path / "bad.tif")
+    assert info.value.__cause__ is not None  # the parser's own error is kept for --debug
 
 
 def test_corrupt_png(tmp_path):
@@ -234,5 +244,5 @@ def test_corrupt_png(tmp_path):
 
 
 def test_bad_mpp_override(he_pyramid):
-    with pytest.raises(InputError, match="mpp must be positive"):
+    with pytest.raises(InputError, match="`mpp` must be positive"):
         open_slide(he_pyramid[0], mpp=-1)

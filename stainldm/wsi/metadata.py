@@ -1,0 +1,243 @@
+"""What slide files say about themselves: resolution (mpp), channel names, image axes.
+
+Pure parsing of metadata the readers hand over — OME-XML, image descriptions (stainldm's own JSON
+or Aperio's ``MPP = 0.25``), TIFF resolution tags, OpenSlide properties — with no file access, so
+every rule is tested on strings. :func:`tiff_mpp` and :func:`tiff_channel_names` take an open
+``tifffile.TiffFile`` and apply the rules in order of trust: OME-XML, then the description, then
+the resolution tags.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stainldm.errors import InputError, SlideFormatError
+
+# µm per OME length unit; an unknown unit says nothing usable.
+_OME_UNITS_UM = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3}
+# TIFF ResolutionUnit (2 inch, 3 centimetre) per µm; 1 (NONE) says nothing physical.
+_UNITS_PER_UM = {2: 1 / 25400.0, 3: 1 / 10000.0}
+
+
+def mpp_tuple(mpp: float | Sequence[float] | None) -> tuple[float, float] | None:
+    """``(x, y)`` µm per pixel from one number or a pair; None stays None.
+
+    Raises:
+        InputError: a value is not a positive finite number.
+    """
+    if mpp is None:
+        return None
+    if isinstance(mpp, (int, float)):
+        mpp = (float(mpp), float(mpp))
+    mx, my = float(mpp[0]), float(mpp[1])
+    if not (mx > 0 and my > 0 and math.isfinite(mx) and math.isfinite(my)):
+        raise InputError(f"`mpp` must be positive, got {mpp}")
+    return mx, my
+
+
+def openslide_mpp(props: Mapping[str, str]) -> tuple[float, float] | None:
+    """The mpp in OpenSlide's properties (``openslide.mpp-x``/``-y``), or None when absent or not positive."""
+    import openslide
+
+    try:
+        mx, my = float(props[openslide.PROPERTY_NAME_MPP_X]), float(props[openslide.PROPERTY_NAME_MPP_Y])
+    except (KeyError, ValueError):
+        return None
+    return (mx, my) if mx > 0 and my > 0 else None
+
+
+def ome_mpp(ome_xml: str) -> tuple[float, float] | None:
+    """``PhysicalSizeX``/``Y`` of the first ``Pixels`` element (µm unless its unit says otherwise).
+
+    Returns:
+        ``(x, y)`` µm per pixel, or None when the XML is malformed, lacks a size, or uses an
+        unknown unit.
+    """
+    try:
+        root = ET.fromstring(ome_xml)
+        pixels = next(el for el in root.iter() if el.tag.endswith("Pixels"))
+        sx, sy = pixels.get("PhysicalSizeX"), pixels.get("PhysicalSizeY")
+        unit = _OME_UNITS_UM.get(pixels.get("PhysicalSizeXUnit", "µm"))
+        if sx and sy and unit:
+            return float(sx) * unit, float(sy) * unit
+    except (ET.ParseError, StopIteration, ValueError):
+        pass
+    return None
+
+
+def json_description(desc: str) -> dict[str, Any] | None:
+    """The image description as the JSON object stainldm writes, or None when it is not one."""
+    if not desc.startswith("{"):
+        return None
+    try:
+        meta = json.loads(desc)
+    except ValueError:
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def description_mpp(desc: str) -> tuple[float, float] | None:
+    """The mpp an image description records: stainldm's JSON ``"mpp"``, else Aperio's ``MPP = x``.
+
+    Returns:
+        ``(x, y)`` µm per pixel, or None when the description has no usable value.
+    """
+    meta = json_description(desc)
+    if meta is not None and "mpp" in meta:
+        m = meta["mpp"]
+        try:
+            return mpp_tuple(m if isinstance(m, (int, float)) else tuple(m))
+        except (ValueError, TypeError, InputError):
+            pass  # null or unreadable: the Aperio key or the resolution tags may still say
+    found = re.search(r"MPP\s*=\s*([0-9.]+)", desc)
+    if found and float(found.group(1)) > 0:
+        return float(found.group(1)), float(found.group(1))
+    return None
+
+
+def resolution_mpp(unit: int, x_resolution: Any, y_resolution: Any = None) -> tuple[float, float] | None:
+    """The mpp of TIFF resolution tags (pixels per unit, a number or a ``(num, den)`` rational).
+
+    Args:
+        unit: the ResolutionUnit tag (2 inch, 3 centimetre).
+        x_resolution, y_resolution: the XResolution and YResolution tags (y defaults to x).
+
+    Returns:
+        ``(x, y)`` µm per pixel, or None for unit NONE, a zero resolution, or one coarser than
+        100 µm/px (a 72-dpi screen image would claim 350 µm/px: not a microscope).
+    """
+    per_um = _UNITS_PER_UM.get(unit)
+    xr = _rational(x_resolution)
+    yr = _rational(y_resolution) if y_resolution is not None else xr
+    if per_um and xr > 0 and yr > 0:
+        mx, my = 1 / (xr * per_um), 1 / (yr * per_um)
+        if mx < 100:
+            return mx, my
+    return None
+
+
+def _rational(value: Any) -> float:
+    if isinstance(value, tuple):
+        return value[0] / value[1] if value[1] else 0.0
+    return float(value)
+
+
+def tiff_description(tif: Any) -> str:
+    """The first page's ImageDescription of an open ``tifffile.TiffFile`` ("" when it has none)."""
+    return _first_page(tif).description or ""
+
+
+def tiff_mpp(tif: Any, desc: str) -> tuple[float, float] | None:
+    """The mpp an open TIFF records: OME-XML, then the description, then the resolution tags.
+
+    Args:
+        tif: an open ``tifffile.TiffFile``.
+        desc: its first page's description (:func:`tiff_description`).
+    """
+    if tif.is_ome and tif.ome_metadata:
+        mpp = ome_mpp(tif.ome_metadata)
+        if mpp is not None:
+            return mpp
+    mpp = description_mpp(desc)
+    if mpp is not None:
+        return mpp
+    tags = _first_page(tif).tags
+    if "XResolution" in tags and "ResolutionUnit" in tags:
+        y_res = tags["YResolution"].value if "YResolution" in tags else None
+        return resolution_mpp(int(tags["ResolutionUnit"].value), tags["XResolution"].value, y_res)
+    return None
+
+
+def _first_page(tif: Any) -> Any:
+    return tif.pages.first if hasattr(tif.pages, "first") else tif.pages[0]
+
+
+def ome_channel_names(ome_xml: str, channels: int) -> tuple[str, ...] | None:
+    """The ``Name`` of every OME ``Channel``, or None unless there are ``channels`` of them, all named."""
+    try:
+        root = ET.fromstring(ome_xml)
+    except ET.ParseError:
+        return None
+    names = [el.get("Name") for el in root.iter() if el.tag.endswith("Channel")]
+    return tuple(names) if len(names) == channels and all(names) else None
+
+
+def description_channel_names(desc: str, channels: int) -> tuple[str, ...] | None:
+    """The JSON description's ``channel_names``, or None unless it lists ``channels`` of them."""
+    meta = json_description(desc)
+    names = meta.get("channel_names") if meta is not None else None
+    if isinstance(names, list) and len(names) == channels:
+        return tuple(str(n) for n in names)
+    return None
+
+
+def tiff_channel_names(tif: Any, desc: str, channels: int) -> tuple[str, ...]:
+    """Channel names an open TIFF records (OME-XML, then the JSON description), else the defaults."""
+    names = None
+    if tif.is_ome and tif.ome_metadata:
+        names = ome_channel_names(tif.ome_metadata, channels)
+    return names or description_channel_names(desc, channels) or default_channel_names(channels)
+
+
+def default_channel_names(channels: int) -> tuple[str, ...]:
+    """``("R", "G", "B")`` for 3 channels, ``("gray",)`` for 1, else ``("C0", "C1", ...)``."""
+    if channels == 3:
+        return ("R", "G", "B")
+    if channels == 1:
+        return ("gray",)
+    return tuple(f"C{i}" for i in range(channels))
+
+
+class AxesPlan:
+    """How to turn a tifffile region (in the series' axis order) into ``H×W×C``.
+
+    Attributes:
+        axes: the series' axes, e.g. ``"YXS"`` or ``"CYX"``.
+        channel_axis: ``"S"``, ``"C"`` or None (one channel).
+        channels: samples per pixel.
+    """
+
+    def __init__(self, axes: str, channel_axis: str | None, channels: int):
+        self.axes, self.channel_axis, self.channels = axes, channel_axis, channels
+        kept = [a for a in axes if a in ("Y", "X") or a == channel_axis]
+        self._order = [kept.index("Y"), kept.index("X")] + ([kept.index(channel_axis)] if channel_axis else [])
+
+    def to_hwc(self, data: np.ndarray) -> np.ndarray:
+        """``data`` indexed with every other axis fixed -> ``(h, w, channels)``."""
+        data = np.transpose(data, self._order)
+        return data if self.channel_axis else data[..., None]
+
+
+def axes_plan(axes: str, shape: Sequence[int], path: Path) -> AxesPlan:
+    """Which axis holds the channels; refuses z-stacks, time series and two channel axes.
+
+    Args:
+        axes: the series' axes.
+        shape: the series' shape, one entry per axis.
+        path: the file, for messages.
+
+    Raises:
+        SlideFormatError: not a 2-D image, both S and C channel axes, or more than one plane.
+    """
+    if "Y" not in axes or "X" not in axes:
+        raise SlideFormatError(f"{path}: the TIFF's main image has axes '{axes}', not a 2-D image")
+    channel_axis = None
+    for ax in ("S", "C"):
+        if ax in axes and shape[axes.index(ax)] > 1:
+            if channel_axis is not None:
+                raise SlideFormatError(f"{path}: both S and C channel axes in '{axes}'; export a single channel axis")
+            channel_axis = ax
+    for ax, n in zip(axes, shape, strict=True):
+        if ax not in ("Y", "X", channel_axis) and n > 1:
+            raise SlideFormatError(f"{path}: has {n} planes along axis '{ax}' (z-stack or time series); "
+                                   "export a single plane")
+    channels = shape[axes.index(channel_axis)] if channel_axis else 1
+    return AxesPlan(axes, channel_axis, int(channels))
