@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from stainldm.errors import StainLDMError
+from stainldm.errors import StainLDMError, one_line
 from stainldm.wsi.reader import SlideReader, open_slide
 
 
@@ -49,5 +49,5 @@ def run(args: argparse.Namespace) -> int:
             if args.debug:
                 raise
             failed += 1
-            print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+            print(f"error: {one_line(exc)}", file=sys.stderr)
     return 2 if failed else 0

@@ -1,4 +1,4 @@
-"""Configuration: frozen dataclasses per component, loaded from YAML with ``--set`` overrides.
+"""Configuration: frozen dataclasses per component, loaded from YAML with ``key=value`` overrides.
 
 Unknown keys and wrong types fail with a :class:`ConfigError` naming the key, so that a typo in a
 lab's config never silently falls back to a default.
@@ -59,7 +59,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, *, where: str = "") 
     try:
         return cls(**values)
     except TypeError as exc:  # a required field without default is missing
-        raise ConfigError(f"{where or cls.__name__}: {exc}") from None
+        raise ConfigError(f"{where or cls.__name__}: {exc}") from exc
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -76,24 +76,29 @@ def config_hash(cfg: Any) -> str:
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Applies ``key.sub=value`` strings to a nested mapping; values are parsed as YAML scalars.
 
+    Args:
+        data: the mapping (not changed: the result is a copy where it differs).
+        overrides: ``key.sub=value`` strings (the CLI's ``--set``).
+
     Raises:
-        ConfigError: when an override has no ``=`` or walks through a non-mapping.
+        ConfigError: when an override has no ``=``, a value is not YAML or a key walks through a
+            non-mapping; the message names ``overrides`` and the item.
     """
     data = dict(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set '{item}': expected key=value, e.g. --set grid.rows=4")
+            raise ConfigError(f"`overrides` '{item}': expected key=value, e.g. grid.rows=4")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--set '{item}': value is not valid YAML ({exc.problem})") from None
+            raise ConfigError(f"`overrides` '{item}': value is not valid YAML ({exc.problem})") from exc
         node = data
         parts = key.strip().split(".")
         for i, part in enumerate(parts[:-1]):
             child = node.get(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"--set '{item}': '{'.'.join(parts[: i + 1])}' is not a section")
+                raise ConfigError(f"`overrides` '{item}': '{'.'.join(parts[: i + 1])}' is not a section")
             node[part] = child = dict(child)
             node = child
         node[parts[-1]] = value
@@ -110,7 +115,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{at}; fix the syntax") from None
+        raise ConfigError(f"{path}: not valid YAML{at}; fix the syntax") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):

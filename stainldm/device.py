@@ -42,8 +42,8 @@ def local_rank(env: Mapping[str, str]) -> tuple[str, int] | None:
         if var in env:
             try:
                 value = int(env[var])
-            except ValueError:
-                raise InputError(f"{var}={env[var]!r} is not an integer; fix the launcher's environment") from None
+            except ValueError as exc:
+                raise InputError(f"{var}={env[var]!r} is not an integer; fix the launcher's environment") from exc
             if value < 0:
                 raise InputError(f"{var}={value} must be 0 or more; fix the launcher's environment")
             return var, value
@@ -105,7 +105,8 @@ def resolve_precision(name: str, device: torch.device, *, bf16_supported: bool, 
     Args:
         bf16_supported: whether the device computes in bf16 (``torch.cuda.is_bf16_supported()`` on a
             GPU; CPU autocast always has it).
-        where: the option's name in messages (``train.precision``, ``--precision``).
+        where: the option's name in messages: a config key (``train.precision``) or a parameter in
+            backticks (``"`precision`"``, which the CLI shows as its flag).
 
     Raises:
         InputError: an unknown name, fp16 on a CPU, or bf16 on a GPU without it.

@@ -6,6 +6,7 @@ import contextlib
 import csv
 import hashlib
 import io
+import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -40,11 +41,23 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_csv(path: Path, rows: Iterable[Sequence[Any]]) -> None:
-    """:func:`atomic_write_bytes` of CSV rows (the first is usually the header)."""
+def atomic_write_csv(path: Path, rows: Iterable[Sequence[Any]], *, lineterminator: str = "\r\n") -> None:
+    """:func:`atomic_write_bytes` of CSV rows (the first is usually the header).
+
+    Args:
+        path: the file to write.
+        rows: the rows, each a sequence of values (quoted as the csv module does when needed).
+        lineterminator: the csv module's default (``"\r\n"``); ``"\n"`` for files that
+            have always been written with Unix line ends.
+    """
     buf = io.StringIO(newline="")
-    csv.writer(buf).writerows(rows)
+    csv.writer(buf, lineterminator=lineterminator).writerows(rows)
     atomic_write_text(path, buf.getvalue())
+
+
+def atomic_write_json(path: Path, data: Any, *, indent: int | None = None) -> None:
+    """:func:`atomic_write_text` of ``json.dumps(data, indent=indent)`` (no newline at the end)."""
+    atomic_write_text(path, json.dumps(data, indent=indent))
 
 
 def atomic_write_png(path: Path, image: Any) -> None:

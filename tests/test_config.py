@@ -61,10 +61,13 @@ def test_overrides_parse_yaml_scalars_and_nest():
     data = apply_overrides({"optim": {"lr": 1.0}}, ["optim.lr=2e-4", "amp=true", "name=a b", "weights=null"])
     cfg = from_dict(Run, data)
     assert (cfg.optim.lr, cfg.amp, cfg.name, cfg.weights) == (2e-4, True, "a b", None)
-    with pytest.raises(ConfigError, match="expected key=value"):
+    with pytest.raises(ConfigError, match="^`overrides` 'steps': expected key=value, e.g. grid.rows=4$"):
         apply_overrides({}, ["steps"])
-    with pytest.raises(ConfigError, match="'steps' is not a section"):
+    with pytest.raises(ConfigError, match="^`overrides` 'steps.x=1': 'steps' is not a section"):
         apply_overrides({"steps": 3}, ["steps.x=1"])
+    with pytest.raises(ConfigError, match="^`overrides` 'x=\\[': value is not valid YAML") as exc:
+        apply_overrides({}, ["x=["])
+    assert exc.value.__cause__ is not None
 
 
 def test_load_save_roundtrip_and_file_errors(tmp_path):

@@ -12,6 +12,7 @@ from PIL import Image
 from stainldm.files import (
     atomic_write_bytes,
     atomic_write_csv,
+    atomic_write_json,
     atomic_write_png,
     atomic_write_text,
     sha256_file,
@@ -33,6 +34,18 @@ def test_atomic_writers_replace_the_whole_file_and_leave_no_partial_file(tmp_pat
     atomic_write_png(tmp_path / "t.png", img)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "t.png")), img)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "m.csv", "t.png"]
+
+
+def test_csv_line_ends_and_json_formatting(tmp_path):
+    atomic_write_csv(tmp_path / "crlf.csv", [["a", "b"], ["1", ""]])
+    assert (tmp_path / "crlf.csv").read_bytes() == b"a,b\r\n1,\r\n"  # the csv module's default
+    atomic_write_csv(tmp_path / "lf.csv", [["a", "b"], ["1", "x,y"]], lineterminator="\n")
+    assert (tmp_path / "lf.csv").read_bytes() == b'a,b\n1,"x,y"\n'
+    atomic_write_json(tmp_path / "a.json", {"k": [1, 2]})
+    assert (tmp_path / "a.json").read_text() == '{"k": [1, 2]}'  # json.dumps, no newline at the end
+    atomic_write_json(tmp_path / "b.json", {"k": [1]}, indent=1)
+    assert (tmp_path / "b.json").read_text() == '{\n "k": [\n  1\n ]\n}'
+    assert not list(tmp_path.glob(".*"))
 
 
 def test_a_failed_write_keeps_the_old_file(tmp_path):

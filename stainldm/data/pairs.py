@@ -11,10 +11,13 @@ that mpp (when its own differs), the stained one through the core's registration
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from stainldm.config import apply_overrides, from_dict, load_yaml
 from stainldm.data.split import SplitConfig
 from stainldm.errors import ConfigError, InputError
 from stainldm.wsi.reader import SlideReader
@@ -84,6 +87,24 @@ def check_config(cfg: PrepareConfig) -> None:
         raise ConfigError(f"tiles.min_tissue ({t.min_tissue}) must be in [0, 1]")
     if cfg.workers < 1:
         raise ConfigError(f"workers ({cfg.workers}) must be at least 1")
+
+
+def load_prepare_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> PrepareConfig:
+    """The prepare config from an optional YAML file plus ``key=value`` overrides, checked.
+
+    Args:
+        path: a prepare config, or a workflow config whose ``prepare:`` section is used.
+        overrides: ``key.sub=value`` strings (``tiles.size=128``), applied after the file.
+
+    Raises:
+        ConfigError: a missing or malformed file, an unknown key, a wrong type or a bad value.
+    """
+    data = load_yaml(path) if path else {}
+    if "prepare" in data:
+        data = data["prepare"] or {}
+    cfg = from_dict(PrepareConfig, apply_overrides(data, overrides))
+    check_config(cfg)
+    return cfg
 
 
 def analyse_pair(unstained: SlideReader, stained: SlideReader, cfg: PrepareConfig) -> PairPlan:

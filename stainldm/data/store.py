@@ -81,7 +81,8 @@ class TileStore:
             probe.write_text("")
             probe.unlink()
         except OSError as exc:
-            raise InputError(f"{root}: cannot write the tile store there ({exc.strerror}); choose another --out") from None
+            raise InputError(f"{root}: cannot write the tile store there ({exc.strerror}); choose another "
+                             "folder") from exc
         zpath = root / "tiles.zarr"
         if zpath.exists():
             store = cls.open(root, writable=True)
@@ -89,7 +90,7 @@ class TileStore:
             want = (tile_px, channels_in, str(np.dtype(dtype_in)))
             if have != want:
                 raise InputError(f"{root}: holds tiles of {have[0]} px, {have[1]} channels, {have[2]}; this run makes "
-                                 f"{want[0]} px, {want[1]} channels, {want[2]} — use a new --out folder")
+                                 f"{want[0]} px, {want[1]} channels, {want[2]} — use a new folder for this store")
             store._recover()
             return store
         group = zarr.open_group(str(zpath), mode="w")
@@ -117,7 +118,7 @@ class TileStore:
             group = zarr.open_group(str(zpath), mode="r+" if writable else "r")
             group["unstained"], group["stained"]
         except Exception as exc:
-            raise InputError(f"{zpath}: cannot open the tile arrays ({type(exc).__name__}: {exc})") from None
+            raise InputError(f"{zpath}: cannot open the tile arrays ({type(exc).__name__}: {exc})") from exc
         rows = read_tile_rows(cpath)
         store = cls(root, group, rows, writable=writable)
         if not writable and store.unstained.shape[0] < len(rows):
@@ -269,8 +270,8 @@ def read_tile_rows(path: Path) -> list[TileRow]:
             try:
                 rows.append(TileRow(rec[0], rec[1], rec[2], int(rec[3]), int(rec[4]), float(rec[5]), float(rec[6]),
                                     float(rec[7]), float(rec[8])))
-            except (ValueError, IndexError):
-                raise InputError(f"{path}:{lineno}: malformed row {rec!r}") from None
+            except (ValueError, IndexError) as exc:
+                raise InputError(f"{path}:{lineno}: malformed row {rec!r}") from exc
     return rows
 
 

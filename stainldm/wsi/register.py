@@ -442,7 +442,7 @@ def register_pair(unstained: SlideReader, stained: SlideReader, regions: dict[st
     """
     for slide in (unstained, stained):
         if slide.mpp is None:
-            raise InputError(f"{slide.name}: registration needs the slide's mpp; pass it with --mpp")
+            raise InputError(f"{slide.name}: registration needs the slide's mpp; pass `mpp` when opening it")
     matrix, coarse_sim = coarse_align(unstained, stained, cfg)
     log.info("coarse alignment: NCC %.3f, matrix %s", coarse_sim, np.round(matrix[:2], 4).tolist())
     cores: dict[str, CoreTransform] = {}

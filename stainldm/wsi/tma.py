@@ -17,11 +17,9 @@ region covering all tissue, named ``tissue``.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -30,6 +28,7 @@ from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
 from stainldm.errors import InputError
+from stainldm.files import atomic_write_csv, atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -288,27 +287,18 @@ def cores_to_geojson(cores: list[Core], *, vertices: int = 64) -> dict:
     return {"type": "FeatureCollection", "features": features}
 
 
+CORE_COLUMNS = ("id", "row", "col", "center_x", "center_y", "diameter_px", "bbox_x", "bbox_y", "bbox_w", "bbox_h",
+                "status", "area_px", "pieces")
+
+
 def write_cores_geojson(cores: list[Core], path: str | os.PathLike) -> None:
     """Writes :func:`cores_to_geojson` atomically."""
-    _atomic_text(Path(path), json.dumps(cores_to_geojson(cores), indent=1))
+    atomic_write_json(Path(path), cores_to_geojson(cores), indent=1)
 
 
 def write_cores_csv(cores: list[Core], path: str | os.PathLike) -> None:
-    """One row per core: id, row, col, center_x, center_y, diameter_px, bbox, status, area_px, pieces."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["id", "row", "col", "center_x", "center_y", "diameter_px", "bbox_x", "bbox_y",
-                         "bbox_w", "bbox_h", "status", "area_px", "pieces"])
-        for c in cores:
-            d = asdict(c)
-            writer.writerow([c.id, c.row, c.col, f"{c.center_xy[0]:.2f}", f"{c.center_xy[1]:.2f}",
-                             f"{c.diameter_px:.2f}", *c.bbox_xywh, c.status, f"{d['area_px']:.1f}", c.pieces])
-    tmp.replace(path)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text)
-    tmp.replace(path)
+    """Writes ``cores.csv`` atomically: the header :data:`CORE_COLUMNS`, then one row per core
+    (coordinates to 0.01 px, area to 0.1 px²)."""
+    rows = [[c.id, c.row, c.col, f"{c.center_xy[0]:.2f}", f"{c.center_xy[1]:.2f}", f"{c.diameter_px:.2f}",
+             *c.bbox_xywh, c.status, f"{c.area_px:.1f}", c.pieces] for c in cores]
+    atomic_write_csv(Path(path), [CORE_COLUMNS, *rows])

@@ -33,6 +33,7 @@ import numpy as np
 
 import stainldm
 from stainldm.errors import InputError
+from stainldm.files import atomic_writer
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +126,10 @@ def write_pyramid(
     if channel_names is not None and len(channel_names) != c:
         raise InputError(f"{path}: {len(channel_names)} channel names given for {c} channels")
 
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     spills: list[_Spill] = []
     try:
-        with tifffile.TiffWriter(tmp, bigtiff=raw_bytes > _BIGTIFF_BYTES) as tw:
+        # A half-written slide is never taken for a result: written under a temporary name, renamed when whole.
+        with atomic_writer(path) as fh, tifffile.TiffWriter(fh, bigtiff=raw_bytes > _BIGTIFF_BYTES) as tw:
             level_bands: Iterable[np.ndarray] = bands
             for level, (lw, lh) in enumerate(shapes):
                 nxt = None
@@ -160,12 +161,6 @@ def write_pyramid(
                 )
                 if nxt is not None:
                     level_bands = nxt.bands(tile)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     finally:
         for spill in spills:
             spill.close()

@@ -164,7 +164,7 @@ def test_reuse_with_another_tile_size_channel_count_or_dtype_is_refused(tmp_path
         TileStore.create(root, tile_px=32, channels_in=2, dtype_in="uint16")
     with pytest.raises(InputError, match="3 channels"):
         TileStore.create(root, tile_px=TILE, channels_in=3, dtype_in="uint16")
-    with pytest.raises(InputError, match="uint8 — use a new --out folder"):
+    with pytest.raises(InputError, match="uint8 — use a new folder for this store"):
         TileStore.create(root, tile_px=TILE, channels_in=2, dtype_in="uint8")
     assert len(TileStore.open(root)) == 2  # left as it was
 

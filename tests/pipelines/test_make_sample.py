@@ -7,7 +7,6 @@ import json
 import logging
 import math
 import os
-import time
 from pathlib import Path
 
 import cv2
@@ -32,12 +31,11 @@ def sample_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def default_sample(tmp_path_factory) -> tuple[Path, float]:
+def default_sample(tmp_path_factory) -> Path:
     """The default 3×4 run, once (about 10 s on 2 cores)."""
     out = tmp_path_factory.mktemp("default")
-    t0 = time.perf_counter()
     assert main(["make-sample", "--out", str(out), "--quiet"]) == 0
-    return out, time.perf_counter() - t0
+    return out
 
 
 def _truth(folder: Path) -> dict:
@@ -97,7 +95,7 @@ def test_written_stained_slide_shows_the_source_at_every_core_landmark(sample_di
 
 
 def test_default_run_is_a_pyramidal_3x4_tma_with_one_missing_core(default_sample):
-    out, seconds = default_sample
+    out = default_sample
     truth = _truth(out)
     assert truth["grid"] == {"rows": 3, "cols": 4} and len(truth["missing"]) == 1 and len(truth["cores"]) == 11
     assert sum(c["split"] == "test" for c in truth["cores"]) == 3
@@ -111,7 +109,6 @@ def test_default_run_is_a_pyramidal_3x4_tma_with_one_missing_core(default_sample
         assert u.level_count >= 3
         thumb = u.thumbnail(256)
         assert thumb.dtype == np.uint16 and thumb.shape[2] == 2
-    assert seconds < 60  # ~10 s on 2 cores; generous for loaded CI machines
 
 
 # ---------------------------------------------------------------------------------------------

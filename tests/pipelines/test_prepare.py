@@ -248,6 +248,11 @@ def test_typo_in_set_key_is_a_one_line_error(small_af_pair, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_set_item_without_equals_names_the_flag(small_af_pair, tmp_path, capsys):
+    assert main(_prepare_args(small_af_pair, tmp_path / "o", "--set", "tiles")) == 2
+    assert _one_error_line(capsys) == "error: --set 'tiles': expected key=value, e.g. grid.rows=4"
+
+
 def test_bad_tile_values_are_config_errors(small_af_pair, tmp_path, capsys):
     assert main(_prepare_args(small_af_pair, tmp_path / "o", "--set", "tiles.size=60")) == 2
     assert "tiles.size (60) must be a multiple of 8" in _one_error_line(capsys)
