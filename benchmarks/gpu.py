@@ -52,10 +52,10 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-from pipelines.train import load_train_config  # noqa: E402
 from stainldm.data.store import TileRow, TileStore  # noqa: E402
 from stainldm.inference.stain import StainConfig, StainModel  # noqa: E402
-from stainldm.train import checkpoint as ckpt  # noqa: E402
+from stainldm.models.runs import read_model_json, save_weights, write_model_json  # noqa: E402
+from stainldm.train.config import load_train_config  # noqa: E402
 from stainldm.train.loop import Trainer  # noqa: E402
 
 try:
@@ -179,10 +179,10 @@ def bench_training(kind: str, trainer: Trainer, *, batch: int, repeat: int, peak
 def save_run(trainer: Trainer, run: Path) -> Path:
     """The trainer's EMA as a run folder that staining and the ldm can load (no optimiser state)."""
     run.mkdir(parents=True, exist_ok=True)
-    ckpt.save_weights(trainer.ema, run / "model.safetensors")
+    save_weights(trainer.ema, run / "model.safetensors")
     if trainer.kind == "ldm":
-        ckpt.save_weights(trainer.ae, run / "autoencoder.safetensors")
-    ckpt.write_model_json(run / "model.json", trainer.model_meta())
+        save_weights(trainer.ae, run / "autoencoder.safetensors")
+    write_model_json(run / "model.json", trainer.model_meta())
     return run
 
 
@@ -278,7 +278,7 @@ def torchrun_two(tmp: Path) -> dict[str, Any]:
            "--out", str(tmp / "ddp"), "--device", "cuda", "--set", "precision=bf16", "--quiet"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    meta = ckpt.read_model_json(tmp / "ddp") if (tmp / "ddp" / "model.json").is_file() else {}
+    meta = read_model_json(tmp / "ddp") if (tmp / "ddp" / "model.json").is_file() else {}
     return {"exit": proc.returncode, "seconds": time.perf_counter() - t0, "trained_on": meta.get("trained_on"),
             "stderr": proc.stderr[-500:]}
 

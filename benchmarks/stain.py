@@ -282,21 +282,21 @@ def overlap_by_size(model: StainModel, cfg: StainConfig, side: int) -> tuple[int
 def random_run(config: Path, overrides: list[str], out: Path, *, tile: int, mpp: float) -> Path:
     """An ldm run folder of ``config``'s architecture with random weights: the cost of a network does
     not depend on its weights. Input statistics are the sample's autofluorescence range."""
-    from pipelines.train import load_train_config
     from stainldm.config import to_dict
     from stainldm.models.autoencoder import build_autoencoder, downsampling
     from stainldm.models.ldm import LatentDiffusion
-    from stainldm.train import checkpoint as ckpt
+    from stainldm.models.runs import save_weights, write_model_json
+    from stainldm.train.config import load_train_config
 
     cfg = load_train_config(config, overrides)
     torch.manual_seed(0)
     f, lat = downsampling(cfg.autoencoder), cfg.autoencoder.latent_channels
     ldm = LatentDiffusion(cfg.ldm, in_channels=2, latent_channels=lat, downsampling=f)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt.save_weights(ldm, out / "model.safetensors")
-    ckpt.save_weights(build_autoencoder(cfg.autoencoder), out / "autoencoder.safetensors")
+    save_weights(ldm, out / "model.safetensors")
+    save_weights(build_autoencoder(cfg.autoencoder), out / "autoencoder.safetensors")
     ae = {"config": to_dict(cfg.autoencoder), "latent_channels": lat, "downsampling": f, "latent_scale": 1.0}
-    ckpt.write_model_json(out / "model.json", {
+    write_model_json(out / "model.json", {
         "kind": "ldm", "in_channels": 2, "tile_px": tile, "mpp": mpp, "input_stats": {"low": [100, 100],
                                                                                     "high": [4000, 4000]},
         "config": to_dict(cfg.ldm), "latent_channels": lat, "downsampling": f, "latent_scale": 1.0, "autoencoder": ae})

@@ -7,8 +7,7 @@ import logging
 import time
 from pathlib import Path
 
-from stainldm.config import apply_overrides, from_dict, load_yaml
-from stainldm.errors import ConfigError, InputError
+from stainldm.errors import InputError
 
 log = logging.getLogger("stainldm.train")
 
@@ -20,10 +19,11 @@ def add_parser(sub, common) -> None:
     p.add_argument("kind", choices=("autoencoder", "ldm", "baseline"))
     p.add_argument("--config", type=Path, help="workflow YAML (its train: section), e.g. configs/demo.yaml")
     p.add_argument("--store", type=Path, help="tile store (overrides train.data.store)")
-    p.add_argument("--autoencoder", type=Path, help="trained autoencoder run (ldm only)")
+    p.add_argument("--autoencoder", dest="autoencoder_run", metavar="AUTOENCODER", type=Path,
+                   help="trained autoencoder run (ldm only)")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="override train keys, e.g. --set steps=200 optim.lr=1e-4 (or --set repeated)")
-    p.add_argument("--out", type=Path, help="run folder (default runs/<kind>-<time>)")
+    p.add_argument("--out", dest="run_dir", metavar="OUT", type=Path, help="run folder (default runs/<kind>-<time>)")
     p.add_argument("--resume", type=Path, metavar="RUN", help="continue an interrupted run exactly")
     p.add_argument("--wandb", choices=("online", "offline", "disabled"), help="tracking mode (default offline)")
     p.add_argument("--device", help="auto, cpu, cuda (under torchrun/srun: cuda:LOCAL_RANK) or cuda:N; "
@@ -31,33 +31,22 @@ def add_parser(sub, common) -> None:
     p.set_defaults(run=run)
 
 
-def load_train_config(path: Path | None, overrides: list[str]):
-    """The ``train:`` section of a workflow YAML, with ``--set`` overrides, as a TrainConfig."""
-    from stainldm.train.config import TrainConfig  # torch/monai load only when training
-
-    data = load_yaml(path) if path else {}
-    if path is not None and "train" not in data:
-        raise ConfigError(f"{path}: has no 'train:' section")
-    section = (data.get("train") or {}) if path else {}
-    return from_dict(TrainConfig, apply_overrides(section, overrides), where="train")
-
-
 def run(args: argparse.Namespace) -> int:
-    from stainldm.train.config import TrainConfig
-    from stainldm.train.loop import Trainer, resolve_config
+    from stainldm.train.config import load_run_config, load_train_config, resolve_config
+    from stainldm.train.loop import Trainer
 
     if args.resume is not None:
-        saved = args.resume / "config.yaml"
-        if not saved.is_file():
-            raise InputError(f"{args.resume}: not a training run (no config.yaml)")
-        cfg = from_dict(TrainConfig, apply_overrides(load_yaml(saved), args.overrides), where="train")
+        cfg = load_run_config(args.resume, args.overrides)
         run_dir = args.resume
     else:
         cfg = load_train_config(args.config, args.overrides)
-        run_dir = args.out or Path("runs") / f"{args.kind}-{time.strftime('%Y%m%d-%H%M%S')}"
-    cfg = resolve_config(cfg, store=args.store, autoencoder_run=args.autoencoder, wandb=args.wandb)
+        run_dir = args.run_dir or Path("runs") / f"{args.kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    cfg = resolve_config(cfg, store=args.store, autoencoder_run=args.autoencoder_run, wandb=args.wandb)
     if cfg.data.store is None:
         raise InputError("no tile store: pass --store STORE (made by `stainldm prepare`) or set train.data.store")
+    if args.resume is None and (run_dir / "state.pt").exists():  # the recipe owns run folders and their resume
+        raise InputError(f"{run_dir}: already holds a training run; use --resume {run_dir} to continue it, or choose "
+                         "another --out")
     ae = Path(cfg.autoencoder_run) if cfg.autoencoder_run else None
     trainer = Trainer(kind=args.kind, cfg=cfg, run_dir=run_dir, store=Path(cfg.data.store), device=args.device,
                       autoencoder_run=ae, resume=args.resume is not None)

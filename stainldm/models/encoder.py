@@ -91,7 +91,7 @@ class SemanticEncoder(nn.Module):
                                                   pretrained_cfg_overlay={"file": str(weights)}, **kwargs)
         except RuntimeError as exc:
             msg = one_line(exc)[:300]
-            raise ConfigError(f"ldm.condition.backbone '{cfg.backbone}': timm cannot build it ({msg})") from None
+            raise ConfigError(f"ldm.condition.backbone '{cfg.backbone}': timm cannot build it ({msg})") from exc
         if cfg.freeze_backbone:
             self.backbone.requires_grad_(False)
         feat = self.backbone.feature_info.channels()[-1]
@@ -127,7 +127,7 @@ def _check_backbone_file(name: str, path: Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ConfigError(f"ldm.condition.backbone_weights: {path} is not a readable weights file "
-                          f"({type(exc).__name__})") from None
+                          f"({type(exc).__name__})") from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     own = set(timm.create_model(name, pretrained=False).state_dict())

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import ClassVar, Literal
 
+from stainldm.config import apply_overrides, from_dict, load_yaml
 from stainldm.data.augment import AugmentConfig
-from stainldm.errors import ConfigError
+from stainldm.errors import ConfigError, InputError
 from stainldm.models.autoencoder import AutoencoderConfig
 from stainldm.models.baseline import BaselineConfig
 from stainldm.models.ldm import LDMConfig
@@ -131,3 +134,47 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"train.sampler '{cfg.sampler}' is not one of {', '.join(SAMPLERS)}")
     if cfg.val_tiles < 1:
         raise ConfigError(f"train.val_tiles ({cfg.val_tiles}) must be at least 1")
+
+
+def load_train_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """The ``train:`` section of a workflow YAML (or the defaults), with ``key=value`` overrides.
+
+    Raises:
+        ConfigError: the file has no ``train:`` section, or a key, type or value is wrong.
+    """
+    data = load_yaml(path) if path else {}
+    if path is not None and "train" not in data:
+        raise ConfigError(f"{path}: has no 'train:' section")
+    section = (data.get("train") or {}) if path else {}
+    return from_dict(TrainConfig, apply_overrides(section, list(overrides)), where="train")
+
+
+def load_run_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
+    """The config a training run saved (its ``config.yaml``), with overrides: what resuming it continues.
+
+    Raises:
+        InputError: ``run_dir`` is not a training run.
+    """
+    saved = Path(run_dir) / "config.yaml"
+    if not saved.is_file():
+        raise InputError(f"{run_dir}: not a training run (no config.yaml)")
+    return from_dict(TrainConfig, apply_overrides(load_yaml(saved), list(overrides)), where="train")
+
+
+def resolve_config(cfg: TrainConfig, *, store: Path | None, autoencoder_run: Path | None, wandb: str | None
+                   ) -> TrainConfig:
+    """Folds command-line paths into the config (so config.yaml records what was used).
+
+    Args:
+        cfg: the config as loaded.
+        store: the tile store, when given apart from the config.
+        autoencoder_run: the trained autoencoder's run folder, when given.
+        wandb: the tracking mode, when given.
+    """
+    data = cfg.data if store is None else replace(cfg.data, store=str(store))
+    out = replace(cfg, data=data)
+    if autoencoder_run is not None:
+        out = replace(out, autoencoder_run=str(autoencoder_run))
+    if wandb is not None:
+        out = replace(out, wandb=wandb)
+    return out

@@ -13,16 +13,16 @@ with loss scaling for fp16. Under ``torchrun`` the same command trains with Dist
 (NCCL on GPU, gloo on CPU): the trained model and the autoencoder's discriminator each have their
 own DDP wrapper, BatchNorm statistics are averaged after every step, gradients are exchanged once
 per step under accumulation (``no_sync``), the ranks stay bit-identical, and only rank 0 writes.
+
+What differs between the kinds (model, loss, validation prediction, model.json) is a small class
+each in :mod:`stainldm.train.kinds`; models are built and loaded by :mod:`stainldm.models.runs`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import csv
-import functools
 import logging
-import math
 import os
 import time
 from dataclasses import replace
@@ -39,103 +39,69 @@ from stainldm.data.dataset import BatchPreprocessor, EpochSampler, PairedTileDat
 from stainldm.data.store import TileStore
 from stainldm.device import autocast, bf16_supported, describe, resolve_device, resolve_precision
 from stainldm.errors import CheckpointError, ConfigError, InputError, RunError
-from stainldm.files import atomic_write_csv
 from stainldm.models._runtime import enable_checkpointing
-from stainldm.models.autoencoder import AutoencoderLoss, build_autoencoder, downsampling, encode_mean
-from stainldm.models.baseline import BaselineUNet
-from stainldm.models.ldm import LatentDiffusion
+from stainldm.models.runs import save_weights, write_model_json
 from stainldm.train import checkpoint as ckpt
+from stainldm.train._distributed import average_buffers, init_distributed
+from stainldm.train._optim import ema_update, lr_lambda
 from stainldm.train.config import TrainConfig, check_train_config
-from stainldm.train.tracking import Tracker
+from stainldm.train.kinds import TrainKind, make_kind
+from stainldm.train.tracking import Tracker, append_metrics, start_metrics, truncate_metrics
 
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = ["step", "loss", "lr", "tiles_per_s", "val_psnr", "val_ssim"]
 
-
-# ---------------------------------------------------------------------------------------------
-# Building models from their descriptions
-# ---------------------------------------------------------------------------------------------
-def build_model(kind: str, cfg: TrainConfig, *, in_channels: int, latent_channels: int | None = None,
-                downsample: int | None = None) -> nn.Module:
-    """The trainable module of a run kind."""
-    if kind == "autoencoder":
-        return build_autoencoder(cfg.autoencoder)
-    if kind == "ldm":
-        return LatentDiffusion(cfg.ldm, in_channels=in_channels, latent_channels=latent_channels,
-                               downsampling=downsample)
-    if kind == "baseline":
-        return BaselineUNet(cfg.baseline, in_channels=in_channels)
-    raise ConfigError(f"unknown model kind '{kind}'; use autoencoder, ldm or baseline")
-
-
-def load_autoencoder(run: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
-    """A trained autoencoder (eval mode, frozen) and its model.json, from a run folder."""
-    from stainldm.config import from_dict
-    from stainldm.models.autoencoder import AutoencoderConfig
-
-    meta = ckpt.read_model_json(run, kind="autoencoder")
-    folder = Path(run) if Path(run).is_dir() else Path(run).parent
-    ae = build_autoencoder(from_dict(AutoencoderConfig, meta["config"], where="autoencoder"))
-    ckpt.load_weights(ae, folder / "model.safetensors")
-    ae.requires_grad_(False).eval().to(device)
-    if not meta.get("latent_scale"):
-        raise CheckpointError(f"{folder}: the autoencoder has no latent_scale in model.json; finish its training")
-    return ae, meta
-
-
-# ---------------------------------------------------------------------------------------------
-# One optimisation micro-step per kind, as a module (so DDP sees a forward call)
-# ---------------------------------------------------------------------------------------------
 class _Step(nn.Module):
-    """The loss of one micro-batch. Only the trained model is a submodule (what DDP synchronises):
-    the frozen autoencoder of the ldm and the autoencoder's loss terms are plain callables, and the
-    discriminator has its own optimiser and wrapper (:class:`_DiscriminatorStep`)."""
+    """The loss of one micro-batch, as a module so that DDP sees a forward call. Only the trained
+    model is a submodule (what DDP synchronises): the kind's frozen autoencoder and loss terms are
+    held by ``task``, a plain object, and the discriminator has its own optimiser and wrapper."""
 
-    def __init__(self, kind: str, model: nn.Module, *, encode=None, latent_scale: float = 1.0, loss=None):
+    def __init__(self, task: TrainKind, model: nn.Module):
         super().__init__()
-        self.kind, self.model, self.latent_scale = kind, model, latent_scale
-        self._encode = encode  # ldm: H&E -> latent mean, float32 (frozen autoencoder)
-        self._loss = loss  # autoencoder: AutoencoderLoss.generator_loss
-        self.recon: torch.Tensor | None = None  # autoencoder: the last reconstruction, for the discriminator
+        self.model, self._task = model, task
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, step: int):
-        if self.kind == "autoencoder":
-            recon, mu, sigma = self.model(y)
-            self.recon = recon
-            return self._loss(y, recon, mu, sigma, step)
-        if self.kind == "ldm":
-            with torch.no_grad():
-                z0 = self._encode(y) * self.latent_scale  # (B, C_lat, H/f, W/f): μ, scaled, float32
-            loss = self.model.training_loss(z0, x, generator=generator)
-            return loss, {}
-        pred = self.model(x)
-        return (pred.float() - y).abs().mean(), {}
+        return self._task.loss(self.model, x, y, generator, step)
 
 
-class _DiscriminatorStep(nn.Module):
-    """The discriminator's loss on real and reconstructed H&E, as a module of its own, so that under
-    DDP its gradients are averaged across ranks like the generator's."""
-
-    def __init__(self, loss: AutoencoderLoss):
-        super().__init__()
-        self.discriminator = loss.discriminator
-        self._loss = loss.discriminator_loss
-
-    def forward(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-        return self._loss(real, fake)
-
-
-# ---------------------------------------------------------------------------------------------
-# The trainer
-# ---------------------------------------------------------------------------------------------
 class Trainer:
-    """Owns a run folder: model, optimiser, EMA, data stream, checkpoints, metrics, samples."""
+    """Owns a run folder: model, optimiser, EMA, data stream, checkpoints, metrics, samples.
+
+    Args:
+        kind: ``autoencoder``, ``ldm`` or ``baseline``.
+        cfg: the training config.
+        run_dir: the run folder (created; with ``resume``, an interrupted run's).
+        store: the tile store to train on.
+        device: overrides ``cfg.device`` when given.
+        autoencoder_run: the trained autoencoder's run folder (ldm only).
+        resume: continue the run in ``run_dir`` from its last checkpoint, exactly.
+
+    Raises:
+        ConfigError: a bad config value, or a config or store the kind cannot train on.
+        InputError: ``run_dir`` already holds a run (without ``resume``), or a store that does not fit it.
+        CheckpointError: an autoencoder run or training state that cannot be read or does not fit.
+    """
 
     def __init__(self, *, kind: str, cfg: TrainConfig, run_dir: Path, store: Path, device: str | None = None,
                  autoencoder_run: Path | None = None, resume: bool = False):
         check_train_config(cfg)
         self.kind, self.run_dir = kind, Path(run_dir)
+        self._place(cfg, device)
+        self._open_store(Path(store))
+        self.task = make_kind(kind, self.cfg, in_channels=self.in_channels, tile_px=self.tile_px,
+                              store=self.store_path, device=self.device, autoencoder_run=autoencoder_run)
+        self._build_models()
+        self._build_optimisers()
+        self._wrap_distributed()
+        self.step = 0
+        if resume:
+            self._resume()
+        elif self.is_main:
+            self._start_run_dir()
+
+    # -- construction, in order -----------------------------------------------------------------
+    def _place(self, cfg: TrainConfig, device: str | None) -> None:
+        """This process's rank, device and precision; joins the process group under torchrun."""
         self.rank = int(os.environ.get("RANK", 0))
         self.world = int(os.environ.get("WORLD_SIZE", 1))
         requested = cfg.device if device is None else device
@@ -144,93 +110,79 @@ class Trainer:
         self.precision = resolve_precision(cfg.precision, self.device, bf16_supported=bf16_supported(self.device),
                                            where="train.precision")
         # config.yaml records what auto became; the device by kind (each rank picks its own index)
-        self.cfg = cfg = replace(cfg, precision=self.precision,
-                                 device=self.device.type if requested == "auto" else requested)
+        self.cfg = replace(cfg, precision=self.precision, device=self.device.type if requested == "auto" else requested)
         self.distributed = self.world > 1
         if self.distributed:
-            _init_distributed(self.device)
+            init_distributed(self.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # tiles have one size: pick the fastest kernels once
         self.is_main = self.rank == 0
-        self.store_path = Path(store)
-        store_obj = TileStore.open(self.store_path)
-        self.in_channels = store_obj.channels_in
-        self.tile_px = store_obj.tile_px
-        self.tile_mpp = store_obj.rows[0].mpp if store_obj.rows else None
-        self.stats = load_or_compute_stats(store_obj)
-        self.train_set = PairedTileDataset(self.store_path, split=cfg.data.split, augment=cfg.data.augment,
-                                           seed=cfg.seed)
-        self.val_set = PairedTileDataset(self.store_path, split=cfg.data.val_split, augment=None, seed=cfg.seed)
+
+    def _open_store(self, store: Path) -> None:
+        """The tile store's facts (channels, tile size, mpp, input statistics) and its datasets."""
+        cfg = self.cfg
+        self.store_path = store
+        tiles = TileStore.open(store)
+        self.in_channels = tiles.channels_in
+        self.tile_px = tiles.tile_px
+        self.tile_mpp = tiles.rows[0].mpp if tiles.rows else None
+        self.stats = load_or_compute_stats(tiles)
+        self.train_set = PairedTileDataset(store, split=cfg.data.split, augment=cfg.data.augment, seed=cfg.seed)
+        self.val_set = PairedTileDataset(store, split=cfg.data.val_split, augment=None, seed=cfg.seed)
         self.prep = BatchPreprocessor(self.stats, augment=cfg.data.augment)
         self.val_prep = BatchPreprocessor(self.stats, augment=None)
 
-        self.ae, self.ae_meta, latent_scale = None, None, 1.0
-        latent_channels = downsample = None
-        if kind == "ldm":
-            if autoencoder_run is None:
-                raise ConfigError("training the ldm needs a trained autoencoder: pass --autoencoder RUN "
-                                  "(or set train.autoencoder_run)")
-            self.ae, self.ae_meta = load_autoencoder(autoencoder_run, self.device)
-            self.autoencoder_run = Path(autoencoder_run)
-            latent_scale = float(self.ae_meta["latent_scale"])
-            latent_channels = int(self.ae_meta["latent_channels"])
-            downsample = int(self.ae_meta["downsampling"])
-            if self.tile_px % (downsample * 2 ** (len(cfg.ldm.denoiser.channels) - 1)):
-                raise ConfigError(f"tiles of {self.tile_px} px do not divide into the latent UNet's levels "
-                                  f"(downsampling {downsample} × 2^{len(cfg.ldm.denoiser.channels) - 1}); "
-                                  "change ldm.denoiser.channels or the tile size")
-        if kind == "baseline" and (self.tile_px < 32 or self.tile_px % 16):
-            raise ConfigError(f"tiles of {self.tile_px} px are too small or uneven for the baseline U-Net (four 2× "
-                              "poolings): prepare tiles of at least 32 px, a multiple of 16 (prepare tiles.size)")
-        torch.manual_seed(cfg.seed)  # weight initialisation
-        self.model = build_model(kind, cfg, in_channels=self.in_channels, latent_channels=latent_channels,
-                                 downsample=downsample).to(self.device)
+    def _build_models(self) -> None:
+        """The trained model (seeded initialisation), its EMA, and the kind's loss modules."""
+        torch.manual_seed(self.cfg.seed)  # weight initialisation
+        self.model = self.task.build_model().to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
-        if cfg.gradient_checkpointing:  # the trained copy only; the EMA never runs a backward pass
+        if self.cfg.gradient_checkpointing:  # the trained copy only; the EMA never runs a backward pass
             enable_checkpointing(self.model)
-        self.ae_loss = AutoencoderLoss(cfg.autoencoder).to(self.device) if kind == "autoencoder" else None
-        self.step_module = _Step(kind, self.model, latent_scale=latent_scale,
-                                 encode=functools.partial(encode_mean, self.ae) if self.ae is not None else None,
-                                 loss=self.ae_loss.generator_loss if self.ae_loss is not None else None)
-        self.latent_scale = latent_scale
+        self.d_step = self.task.build_loss(self.device)  # the autoencoder's discriminator, when it has one
+        self.step_module = _Step(self.task, self.model)
+
+    def _build_optimisers(self) -> None:
+        """AdamW with warm-up and cosine decay; the discriminator's own AdamW; fp16 loss scalers."""
+        o = self.cfg.optim
         params = [p for p in self.model.parameters() if p.requires_grad]
-        o = cfg.optim
         self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(self.cfg))
         # fp16 needs loss scaling (its range underflows small gradients); bf16 and fp32 do not
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.d_optimizer = self.d_step = None
-        if self.ae_loss is not None and self.ae_loss.discriminator is not None:
-            self.d_step = _DiscriminatorStep(self.ae_loss)
+        self.d_optimizer = None
+        if self.d_step is not None:
             self.d_optimizer = torch.optim.AdamW(self.d_step.parameters(), lr=o.lr, betas=(0.5, 0.9))
             self.d_scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+
+    def _wrap_distributed(self) -> None:
+        """DDP wrappers of the step module and the discriminator (under torchrun)."""
         self.ddp = self.d_ddp = None
         if self.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            # Buffers (BatchNorm statistics) are averaged after every step instead (_average_buffers).
+            # Buffers (BatchNorm statistics) are averaged after every step instead (average_buffers).
             self.ddp = DDP(self.step_module, device_ids=ids, broadcast_buffers=False)
             if self.d_step is not None:
                 self.d_ddp = DDP(self.d_step, device_ids=ids, broadcast_buffers=False)
         if self.d_step is not None:  # a fixed critic in the generator's step; trained only in its own
             self.d_step.requires_grad_(False)
-        self.step = 0
-        if resume:
-            self._resume()
-        elif self.is_main:
-            self._start_run_dir()
+
+    @property
+    def ae(self) -> nn.Module | None:
+        """The frozen autoencoder the ldm trains on (None for the other kinds)."""
+        return self.task.ae
 
     # -- run folder -----------------------------------------------------------------------------
     def _start_run_dir(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if (self.run_dir / "state.pt").exists():
-            raise InputError(f"{self.run_dir}: already holds a training run; use --resume {self.run_dir} to continue "
-                             "it, or choose another --out")
+            raise InputError(f"{self.run_dir}: already holds a training run; continue it with `resume`, or choose "
+                             "another `run_dir`")
         save_config(self.cfg, self.run_dir / "config.yaml")
         (self.run_dir / "samples").mkdir(exist_ok=True)
-        with open(self.run_dir / "metrics.csv", "w", newline="") as fh:
-            csv.writer(fh).writerow(METRIC_COLUMNS)
+        start_metrics(self.run_dir / "metrics.csv")
 
     def _resume(self) -> None:
         state = ckpt.load_state(self.run_dir / "state.pt")
@@ -240,7 +192,7 @@ class Trainer:
         if meta.get("in_channels") != self.in_channels:
             raise InputError(f"{self.store_path}: has {self.in_channels}-channel unstained tiles but the run in "
                              f"{self.run_dir} was trained on {meta.get('in_channels')}; resume with its own store")
-        if meta.get("model_hash") != _model_hash(self.kind, self.cfg):
+        if meta.get("model_hash") != config_hash(self.task.section):
             raise ConfigError(f"{self.run_dir}: the model section of the config differs from the run's "
                               f"(see {self.run_dir / 'config.yaml'}); resume with the same model settings")
         try:
@@ -249,17 +201,17 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             if self.d_optimizer is not None:
-                self.ae_loss.discriminator.load_state_dict(state["discriminator"])
+                self.d_step.discriminator.load_state_dict(state["discriminator"])
                 self.d_optimizer.load_state_dict(state["d_optimizer"])
             if self.scaler.is_enabled() and "scaler" in state:
                 self.scaler.load_state_dict(state["scaler"])
                 if self.d_optimizer is not None:
                     self.d_scaler.load_state_dict(state["d_scaler"])
         except (KeyError, RuntimeError) as exc:
-            raise CheckpointError(f"{self.run_dir / 'state.pt'}: does not fit this model ({exc})") from None
+            raise CheckpointError(f"{self.run_dir / 'state.pt'}: does not fit this model ({exc})") from exc
         self.step = int(state["step"])
         if self.is_main:
-            _truncate_metrics(self.run_dir / "metrics.csv", self.step)
+            truncate_metrics(self.run_dir / "metrics.csv", self.step)
         log.info("resumed %s at step %d", self.run_dir, self.step)
 
     # -- the loop -------------------------------------------------------------------------------
@@ -306,7 +258,7 @@ class Trainer:
                     val = self.validate() if (self.step % cfg.val_every == 0 or self.step == cfg.steps) else {}
                     last.update(val)
                     if self.is_main:
-                        _append_metrics(self.run_dir / "metrics.csv", last)
+                        append_metrics(self.run_dir / "metrics.csv", last)
                         tracker.log({k: v for k, v in last.items() if k != "step"}, step=self.step)
                     window_t, window_tiles, losses = time.perf_counter(), 0, []
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
@@ -338,7 +290,7 @@ class Trainer:
                 if not torch.isfinite(loss):
                     raise RunError(f"training {self.kind} at step {self.step}: the loss is "
                                    f"{float(loss.detach())}; the last good checkpoint in {self.run_dir} is "
-                                   "kept — lower train.optim.lr or check the data, then --resume")
+                                   "kept — lower train.optim.lr or check the data, then `resume`")
                 self.scaler.scale(loss / cfg.optim.accumulate).backward()
             total += float(loss.detach()) / cfg.optim.accumulate
             tiles += x.shape[0]
@@ -348,14 +300,14 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        if self.d_step is not None and self.step >= cfg.autoencoder.adversarial_start:
-            self._discriminator_step(y, self.step_module.recon.detach())
-        self.step_module.recon = None
+        fake = self.task.take_fake()  # taken every step: it holds the last micro-batch's graph
+        if self.d_step is not None and self.step >= self.d_step.start:
+            self._discriminator_step(y, fake.detach())
         if self.distributed:
-            _average_buffers(self.model, self.world)
+            average_buffers(self.model, self.world)
             if self.d_step is not None:
-                _average_buffers(self.d_step, self.world)
-        _ema_update(self.ema, self.model, cfg.ema_decay if self.step >= cfg.optim.warmup_steps else 0.0)
+                average_buffers(self.d_step, self.world)
+        ema_update(self.ema, self.model, cfg.ema_decay if self.step >= cfg.optim.warmup_steps else 0.0)
         return total, tiles
 
     def _discriminator_step(self, real: torch.Tensor, fake: torch.Tensor) -> None:
@@ -371,24 +323,14 @@ class Trainer:
 
     # -- saving ---------------------------------------------------------------------------------
     def model_meta(self) -> dict[str, Any]:
-        cfg = self.cfg
-        meta: dict[str, Any] = {
+        """What model.json records: the run's common facts, then the kind's own."""
+        return {
             "kind": self.kind, "version": stainldm.__version__, "step": self.step,
             "in_channels": self.in_channels, "tile_px": self.tile_px, "mpp": self.tile_mpp,
-            "input_stats": self.stats, "config_hash": config_hash(cfg),
+            "input_stats": self.stats, "config_hash": config_hash(self.cfg),
             "trained_on": {"device": describe(self.device), "processes": self.world, "precision": self.precision},
+            **self.task.meta(self.ema),
         }
-        if self.kind == "autoencoder":
-            meta.update(config=to_dict(cfg.autoencoder), latent_channels=cfg.autoencoder.latent_channels,
-                        downsampling=downsampling(cfg.autoencoder), latent_scale=self.measure_latent_scale())
-        elif self.kind == "ldm":
-            meta.update(config=to_dict(cfg.ldm), latent_channels=self.ae_meta["latent_channels"],
-                        downsampling=self.ae_meta["downsampling"], latent_scale=self.latent_scale,
-                        autoencoder={k: self.ae_meta[k] for k in ("config", "latent_channels", "downsampling",
-                                                                  "latent_scale")})
-        else:
-            meta.update(config=to_dict(cfg.baseline))
-        return meta
 
     def save(self) -> None:
         """Checkpoint: export (EMA) weights + model.json, then state.pt last (what resume reads)."""
@@ -397,16 +339,15 @@ class Trainer:
         if not self.is_main:
             return
         meta = self.model_meta()
-        ckpt.save_weights(self.ema, self.run_dir / "model.safetensors")
-        if self.kind == "ldm":  # a self-contained checkpoint: the autoencoder travels with it
-            ckpt.save_weights(self.ae, self.run_dir / "autoencoder.safetensors")
-        ckpt.write_model_json(self.run_dir / "model.json", meta)
+        save_weights(self.ema, self.run_dir / "model.safetensors")
+        self.task.save_extra(self.run_dir)
+        write_model_json(self.run_dir / "model.json", meta)
         state = {"step": self.step, "model": self.model.state_dict(), "ema": self.ema.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "meta": {"kind": self.kind, "in_channels": self.in_channels,
-                          "model_hash": _model_hash(self.kind, self.cfg)}}
+                          "model_hash": config_hash(self.task.section)}}
         if self.d_optimizer is not None:
-            state["discriminator"] = self.ae_loss.discriminator.state_dict()
+            state["discriminator"] = self.d_step.discriminator.state_dict()
             state["d_optimizer"] = self.d_optimizer.state_dict()
         if self.scaler.is_enabled():  # fp16: the loss scale, for an exact resume
             state["scaler"] = self.scaler.state_dict()
@@ -414,31 +355,12 @@ class Trainer:
                 state["d_scaler"] = self.d_scaler.state_dict()
         ckpt.save_state(self.run_dir / "state.pt", state)
 
-    @torch.no_grad()
-    def measure_latent_scale(self, tiles: int = 64) -> float:
-        """1 / std of the EMA autoencoder's latent means over up to ``tiles`` training tiles."""
-        ds = PairedTileDataset(self.store_path, split=self.cfg.data.split, augment=None)
-        idx = np.linspace(0, len(ds) - 1, min(tiles, len(ds))).astype(int)
-        zs = []
-        for start in range(0, len(idx), 16):
-            y = torch.stack([ds[int(i)]["stained"] for i in idx[start : start + 16]]).to(self.device)
-            zs.append(self.ema.encode(BatchPreprocessor.target(y))[0].float().cpu())
-        std = float(torch.cat(zs).std())
-        return 1.0 / max(std, 1e-6)
-
     # -- validation -----------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
         """EMA model's H&E for normalised inputs ``x`` (autoencoder: reconstructs ``x`` = H&E)."""
         self.ema.eval()
-        if self.kind == "autoencoder":
-            return self.ema.reconstruct(x).clamp(-1, 1)
-        if self.kind == "baseline":
-            return self.ema(x).clamp(-1, 1)
-        cfg = self.cfg
-        z = self.ema.sample_latent(x, sampler=cfg.sampler, steps=cfg.sample_steps, guidance=cfg.guidance,
-                                   generator=generator)
-        return self.ae.decode(z / self.latent_scale).clamp(-1, 1)
+        return self.task.predict(self.ema, x, generator=generator)
 
     def validate(self) -> dict[str, float]:
         """PSNR/SSIM of EMA outputs against the real H&E on the first val tiles; writes a grid."""
@@ -452,97 +374,8 @@ class Trainer:
         s = torch.stack([b["stained"] for b in batch]).to(self.device)
         x, y = self.val_prep({"unstained": u, "stained": s})
         g = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
-        outs = []
-        for start in range(0, n, 8):
-            xin = y[start : start + 8] if self.kind == "autoencoder" else x[start : start + 8]
-            outs.append(self.predict(xin, generator=g))
-        pred = torch.cat(outs)
+        inputs = self.task.validation_input(x, y)
+        pred = torch.cat([self.predict(inputs[start : start + 8], generator=g) for start in range(0, n, 8)])
         psnr, ssim = psnr_ssim(pred, y)
         sample_grid(x, pred, y, self.run_dir / "samples" / f"step_{self.step:07d}.png")
         return {"val_psnr": psnr, "val_ssim": ssim}
-
-
-# ---------------------------------------------------------------------------------------------
-def _init_distributed(device: torch.device) -> None:
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-
-
-def _lr_lambda(cfg: TrainConfig):
-    o = cfg.optim
-    warm, total = max(1, o.warmup_steps), max(1, cfg.steps)
-
-    def f(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        progress = min(1.0, (step - warm) / max(1, total - warm))
-        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return f
-
-
-@torch.no_grad()
-def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    params = list(zip(ema.parameters(), model.parameters(), strict=True))
-    torch._foreach_lerp_([e for e, _ in params], [p.detach() for _, p in params], 1 - decay)  # one kernel per group
-    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
-        e.copy_(b)
-
-
-@torch.no_grad()
-def _average_buffers(module: nn.Module, world: int) -> None:
-    """Averages the floating-point buffers (BatchNorm running statistics) of ``module`` over the
-    ranks: each rank updated them from its own batch, and the ranks must stay identical."""
-    import torch.distributed as dist
-
-    buffers = [b for b in module.buffers() if b.is_floating_point()]
-    if not buffers:
-        return
-    flat = torch.cat([b.reshape(-1).float() for b in buffers])
-    dist.all_reduce(flat)
-    flat /= world
-    for b, part in zip(buffers, flat.split([b.numel() for b in buffers]), strict=True):
-        b.copy_(part.view_as(b))
-
-
-def _model_hash(kind: str, cfg: TrainConfig) -> str:
-    section = {"autoencoder": cfg.autoencoder, "ldm": cfg.ldm, "baseline": cfg.baseline}[kind]
-    return config_hash(section)
-
-
-def _append_metrics(path: Path, values: dict[str, Any]) -> None:
-    with open(path, "a", newline="") as fh:
-        csv.writer(fh).writerow([_fmt(values.get(k)) for k in METRIC_COLUMNS])
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return str(v)
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drops rows logged after the checkpoint being resumed (they will be logged again)."""
-    if not path.is_file():
-        return
-    rows = list(csv.reader(path.open()))
-    keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
-    atomic_write_csv(path, keep)
-
-
-def resolve_config(cfg: TrainConfig, *, store: Path | None, autoencoder_run: Path | None, wandb: str | None
-                   ) -> TrainConfig:
-    """Folds command-line paths into the config (so config.yaml records what was used)."""
-    data = cfg.data if store is None else replace(cfg.data, store=str(store))
-    out = replace(cfg, data=data)
-    if autoencoder_run is not None:
-        out = replace(out, autoencoder_run=str(autoencoder_run))
-    if wandb is not None:
-        out = replace(out, wandb=wandb)
-    return out

@@ -38,7 +38,7 @@ def main(argv: list[str]) -> int:
     import torch.distributed as dist
     from safetensors.torch import save_file
 
-    from pipelines.train import load_train_config
+    from stainldm.train.config import load_train_config
     from stainldm.train.loop import Trainer
 
     store, base, out = (Path(a) for a in argv[:3])

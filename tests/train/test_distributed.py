@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from stainldm.models.runs import read_model_json
 from stainldm.train import checkpoint as ckpt
 
 WORKER = Path(__file__).with_name("_ddp_worker.py")
@@ -47,7 +48,7 @@ def test_torchrun_trains_every_kind_with_bit_identical_ranks_and_only_rank_0_wri
         state = ckpt.load_state(run / "state.pt")
         assert state["step"] == steps
         assert all(torch.equal(state["model"][k], w0[f"model.{k}"]) for k in state["model"])
-        assert ckpt.read_model_json(run)["trained_on"] == {"device": "cpu", "processes": 2, "precision": "bf16"}
+        assert read_model_json(run)["trained_on"] == {"device": "cpu", "processes": 2, "precision": "bf16"}
         assert sorted(p.name for p in (run / "samples").iterdir()) == [f"step_{steps:07d}.png"]
 
     # The discriminator started at step 2 and trained in step with the ranks (gradients averaged,

@@ -16,11 +16,13 @@ from safetensors.torch import load_file
 
 from stainldm.config import from_dict
 from stainldm.errors import ConfigError, RunError
+from stainldm.models import runs
 from stainldm.models.autoencoder import AutoencoderConfig, build_autoencoder
 from stainldm.models.ldm import LatentDiffusion, LDMConfig
 from stainldm.train import checkpoint as ckpt
 from stainldm.train.config import TrainConfig
-from stainldm.train.loop import METRIC_COLUMNS, Trainer, build_model
+from stainldm.train.loop import Trainer
+from stainldm.train.tracking import METRIC_COLUMNS
 
 
 def _trainer(kind, cfg, run, store, *, ae=None, resume=False) -> Trainer:
@@ -46,7 +48,7 @@ def _check_run_folder(run: Path, kind: str, cfg: TrainConfig) -> dict:
     assert rows[-1]["val_psnr"] and rows[-1]["val_ssim"] and not rows[0]["val_psnr"]  # validated at step 6
     assert 0 < float(rows[-1]["val_psnr"]) < 100 and -1 <= float(rows[-1]["val_ssim"]) <= 1
     assert [p.name for p in (run / "samples").glob("*.png")] == [f"step_{cfg.steps:07d}.png"]
-    meta = ckpt.read_model_json(run, kind=kind)
+    meta = runs.read_model_json(run, kind=kind)
     assert meta["in_channels"] == 2 and meta["tile_px"] == 64 and meta["mpp"] == 1.0 and meta["step"] == cfg.steps
     assert len(meta["input_stats"]["low"]) == len(meta["input_stats"]["high"]) == 2
     state = ckpt.load_state(run / "state.pt")
@@ -87,7 +89,7 @@ def test_autoencoder_run_folder_and_latent_scale(train_ae_run, train_config):
     assert from_dict(AutoencoderConfig, meta["config"], where="autoencoder") == cfg.autoencoder
     # model.safetensors in a freshly built autoencoder reproduces the EMA of state.pt exactly
     fresh, ema = build_autoencoder(cfg.autoencoder).eval(), build_autoencoder(cfg.autoencoder).eval()
-    ckpt.load_weights(fresh, train_ae_run / "model.safetensors")
+    runs.load_weights(fresh, train_ae_run / "model.safetensors")
     ema.load_state_dict(ckpt.load_state(train_ae_run / "state.pt")["ema"])
     y = torch.rand(2, 3, 64, 64) * 2 - 1
     with torch.no_grad():
@@ -122,8 +124,8 @@ def test_baseline_trains_into_a_complete_run_folder(baseline_runs, train_config)
 
 def test_baseline_export_reloads_to_the_ema_outputs(baseline_runs, train_config):
     trainer, run, _ = baseline_runs
-    fresh = build_model("baseline", train_config(), in_channels=2).eval()
-    ckpt.load_weights(fresh, run / "model.safetensors")
+    fresh = runs.build_model("baseline", train_config().baseline, in_channels=2).eval()
+    runs.load_weights(fresh, run / "model.safetensors")
     x = torch.rand(2, 2, 64, 64) * 2 - 1
     with torch.no_grad():
         assert torch.equal(fresh(x), trainer.ema(x))
@@ -154,7 +156,7 @@ def test_ldm_trains_into_a_self_contained_run_folder(ldm_runs, train_config, tra
     _, run, _ = ldm_runs
     cfg = train_config()
     meta = _check_run_folder(run, "ldm", cfg)
-    ae_meta = ckpt.read_model_json(train_ae_run, kind="autoencoder")
+    ae_meta = runs.read_model_json(train_ae_run, kind="autoencoder")
     assert meta["latent_scale"] == ae_meta["latent_scale"] > 0
     assert meta["autoencoder"]["config"] == ae_meta["config"] and meta["downsampling"] == 2
     ae_weights, own = load_file(run / "autoencoder.safetensors"), load_file(train_ae_run / "model.safetensors")
@@ -163,10 +165,10 @@ def test_ldm_trains_into_a_self_contained_run_folder(ldm_runs, train_config, tra
 
 def test_ldm_export_reloads_to_the_ema_outputs(ldm_runs):
     trainer, run, _ = ldm_runs
-    meta = ckpt.read_model_json(run, kind="ldm")
+    meta = runs.read_model_json(run, kind="ldm")
     fresh = LatentDiffusion(from_dict(LDMConfig, meta["config"], where="ldm"), in_channels=meta["in_channels"],
                             latent_channels=meta["latent_channels"], downsampling=meta["downsampling"]).eval()
-    ckpt.load_weights(fresh, run / "model.safetensors")
+    runs.load_weights(fresh, run / "model.safetensors")
     g = torch.Generator().manual_seed(0)
     x, z = torch.rand(2, 2, 64, 64, generator=g) * 2 - 1, torch.randn(2, 4, 32, 32, generator=g)
     t = torch.tensor([50, 900])
@@ -201,8 +203,8 @@ def test_a_diverging_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint
     assert state["step"] == bad_step  # the checkpoint after the last finite step
     assert [int(r["step"]) for r in _metrics(run)] == list(range(1, bad_step + 1))
     assert all(np.isfinite(float(r["loss"])) for r in _metrics(run))
-    assert ckpt.read_model_json(run, kind="baseline")["step"] == bad_step
-    ckpt.load_weights(build_model("baseline", cfg, in_channels=2), run / "model.safetensors")
+    assert runs.read_model_json(run, kind="baseline")["step"] == bad_step
+    runs.load_weights(runs.build_model("baseline", cfg.baseline, in_channels=2), run / "model.safetensors")
 
 
 def test_a_new_run_refuses_a_folder_that_holds_a_run(baseline_runs, train_store, train_config, tmp_path):
@@ -212,7 +214,7 @@ def test_a_new_run_refuses_a_folder_that_holds_a_run(baseline_runs, train_store,
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
     before = (copy / "metrics.csv").read_text()
-    with pytest.raises(InputError, match=r"copy: already holds a training run; use --resume .*copy"):
+    with pytest.raises(InputError, match=r"copy: already holds a training run; continue it with `resume`"):
         _trainer("baseline", train_config(), copy, train_store)
     assert (copy / "metrics.csv").read_text() == before
 
@@ -253,7 +255,7 @@ def _record_dtypes(module: torch.nn.Module) -> list[torch.dtype]:
 
 def _check_precision_recorded(run: Path, precision: str) -> None:
     assert yaml.safe_load((run / "config.yaml").read_text())["precision"] == precision
-    trained_on = ckpt.read_model_json(run)["trained_on"]
+    trained_on = runs.read_model_json(run)["trained_on"]
     assert trained_on == {"device": "cpu", "processes": 1, "precision": precision}
 
 
@@ -292,10 +294,10 @@ def test_bf16_ldm_with_semantic_tokens_and_condition_dropout(train_store, train_
     assert all(np.isfinite(float(r["loss"])) for r in _metrics(run))
     _check_precision_recorded(run, "bf16")
     # the exported model stains in fp32
-    meta = ckpt.read_model_json(run, kind="ldm")
+    meta = runs.read_model_json(run, kind="ldm")
     fresh = LatentDiffusion(from_dict(LDMConfig, meta["config"], where="ldm"), in_channels=2, latent_channels=4,
                             downsampling=2)
-    ckpt.load_weights(fresh, run / "model.safetensors")
+    runs.load_weights(fresh, run / "model.safetensors")
     z = fresh.sample_latent(torch.rand(1, 2, 64, 64) * 2 - 1, steps=2, generator=torch.Generator().manual_seed(0))
     assert z.dtype == torch.float32 and torch.isfinite(z).all()
 
