@@ -57,17 +57,30 @@ class StainConfig:
     tissue: TissueConfig = field(default_factory=TissueConfig)
 
 
+SAMPLERS = ("dpmpp_2m", "ddim")
+
+
 def check_stain_config(cfg: StainConfig) -> None:
+    """Checks ``cfg`` before any slide is read.
+
+    Messages name the fields by the arguments of ``stainldm stain`` that set them (``overlap`` sets
+    ``overlap_px``); fields no argument sets, by their own names.
+
+    Raises:
+        InputError: a field out of range, or an unknown sampler.
+    """
     if cfg.steps <= 0:
-        raise InputError(f"--steps must be positive, got {cfg.steps}")
+        raise InputError(f"`steps` must be positive, got {cfg.steps}")
     if cfg.samples <= 0:
-        raise InputError(f"--samples must be positive, got {cfg.samples}")
+        raise InputError(f"`samples` must be positive, got {cfg.samples}")
     if cfg.batch_size <= 0:
-        raise InputError(f"--batch-size must be positive, got {cfg.batch_size}")
+        raise InputError(f"`batch_size` must be positive, got {cfg.batch_size}")
     if cfg.overlap_px < 0:
-        raise InputError(f"--overlap must be 0 or more, got {cfg.overlap_px}")
+        raise InputError(f"`overlap` must be 0 or more, got {cfg.overlap_px}")
     if not 1.0 <= cfg.single_window_scale <= 8.0:
         raise InputError(f"single_window_scale must be between 1 and 8 (training tiles), got {cfg.single_window_scale}")
     if cfg.max_canvas_px < 2 * CANVAS_BLEND_PX:
         raise InputError(f"max_canvas_px ({cfg.max_canvas_px}) must be at least {2 * CANVAS_BLEND_PX} "
                          f"(sub-canvases cross-fade over {CANVAS_BLEND_PX} px)")
+    if cfg.sampler not in SAMPLERS:
+        raise InputError(f"`sampler` {cfg.sampler}: use dpmpp_2m or ddim")

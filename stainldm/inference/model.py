@@ -21,17 +21,9 @@ import torch
 
 from stainldm.device import autocast, bf16_supported, resolve_precision
 from stainldm.errors import CheckpointError
-from stainldm.inference.canvas import (
-    WindowCost,
-    axis_window,
-    choose_window,
-    decode_tiled,
-    fuse_windows,
-    window_grid,
-    window_weight,
-)
+from stainldm.inference.canvas import WindowCost, axis_window, choose_window, decode_tiled, window_grid
 from stainldm.inference.config import StainConfig
-from stainldm.models.ldm import Condition
+from stainldm.inference.sampling import WindowDenoiser, predict_baseline
 
 SKIP_MARGIN_PX = 32  # windows farther than this from tissue are skipped (beyond the decoder's reach)
 ATTENTION_BUDGET = 2 << 30  # bytes the math attention path may hold per call (SDPA needs no budget)
@@ -72,38 +64,21 @@ class StainModel:
             CheckpointError: missing/corrupt files, or an autoencoder (which cannot stain).
             InputError: a precision the device cannot compute in.
         """
-        from stainldm.config import from_dict
-        from stainldm.models.autoencoder import AutoencoderConfig, build_autoencoder
-        from stainldm.models.baseline import BaselineConfig, BaselineUNet
-        from stainldm.models.ldm import LatentDiffusion, LDMConfig
-        from stainldm.train.checkpoint import load_weights, read_model_json
+        from stainldm.models.runs import load_run, read_model_json
 
         path = Path(path)
-        folder = path if path.is_dir() else path.parent
         device = torch.device(device)
         precision = resolve_precision(precision, device, bf16_supported=bf16_supported(device), where="precision")
-        meta = read_model_json(path)
-        kind = meta.get("kind")
-        if kind == "ldm":
-            cfg = from_dict(LDMConfig, meta["config"], where="ldm")
-            net = LatentDiffusion(cfg, in_channels=int(meta["in_channels"]), latent_channels=int(meta["latent_channels"]),
-                                  downsampling=int(meta["downsampling"]))
-            load_weights(net, folder / "model.safetensors")
-            ae = build_autoencoder(from_dict(AutoencoderConfig, meta["autoencoder"]["config"], where="autoencoder"))
-            load_weights(ae, folder / "autoencoder.safetensors")
-            ae = ae.eval().to(device)
-        elif kind == "baseline":
-            net = BaselineUNet(from_dict(BaselineConfig, meta["config"], where="baseline"),
-                               in_channels=int(meta["in_channels"]))
-            load_weights(net, folder / "model.safetensors")
-            ae = None
-        else:
+        kind = read_model_json(path).get("kind")
+        if kind not in ("ldm", "baseline"):  # refused before any weights are read
+            folder = path if path.is_dir() else path.parent
             raise CheckpointError(f"{folder}: is a {kind} checkpoint; staining needs an ldm or baseline run")
-        if not meta.get("mpp"):
-            raise CheckpointError(f"{folder}: model.json does not record the tile mpp it was trained at")
+        run = load_run(path, kind=kind, device=device)
+        if not run.meta.get("mpp"):
+            raise CheckpointError(f"{run.folder}: model.json does not record the tile mpp it was trained at")
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # a slide's windows have few sizes: pick the fastest kernels
-        return cls(kind, meta, net.eval().to(device), ae, folder, device, precision)
+        return cls(run.kind, run.meta, run.model, run.autoencoder, run.folder, device, precision)
 
     def set_attention(self, *, sdpa: bool) -> None:
         """SDPA attention (the default) or MONAI's math path, in the denoiser and the autoencoder."""
@@ -173,7 +148,7 @@ class StainModel:
         if self.kind == "ldm":
             win, overlap = self.ldm_windows(h // self.f, w // self.f, cfg)
             return len(window_grid((h // self.f, w // self.f), window=win, overlap=overlap))
-        win = self._baseline_window(h, w, cfg)
+        win = self.baseline_window(h, w, cfg)
         return len(window_grid((h, w), window=win, overlap=cfg.overlap_px))
 
     def canvases_per_call(self, h: int, w: int, cfg: StainConfig) -> int:
@@ -181,7 +156,9 @@ class StainModel:
         of ``cfg.batch_size`` windows (at least one)."""
         return max(1, cfg.batch_size // (self.windows_per_canvas(h, w, cfg) * cfg.samples))
 
-    def _baseline_window(self, h: int, w: int, cfg: StainConfig) -> tuple[int, int]:
+    def baseline_window(self, h: int, w: int, cfg: StainConfig) -> tuple[int, int]:
+        """Baseline window size ``(wy, wx)`` for an ``h × w`` (output px, padded) canvas: about a
+        training tile, the network's stride a divisor, overlapping by ``cfg.overlap_px``."""
         return (axis_window(h, window=self.tile_px, overlap=cfg.overlap_px, multiple=16),
                 axis_window(w, window=self.tile_px, overlap=cfg.overlap_px, multiple=16))
 
@@ -224,7 +201,7 @@ class StainModel:
             near.append(n)
             shown.append(s)
         if self.kind == "baseline":
-            out = self._baseline_batch(x, cfg, near=near)  # (N, 3, hp, wp)
+            out = predict_baseline(self, x, cfg, near=near)  # (N, 3, hp, wp)
             return [out[i : i + 1, :, :h, :w].expand(cfg.samples, -1, -1, -1) for i, (h, w) in enumerate(sizes)]
         # one item per canvas and sample: the K samples of a canvas are batched like canvases
         canvas_of = [i for i in range(len(xs)) for _ in range(cfg.samples)]
@@ -233,20 +210,6 @@ class StainModel:
         out = self._ldm_batch(x, cfg, canvas_of=canvas_of, seeds=item_seeds, near=near, shown=shown, own=own)
         k = cfg.samples
         return [out[i * k : (i + 1) * k, :, :h, :w] for i, (h, w) in enumerate(sizes)]
-
-    def _baseline_batch(self, x: torch.Tensor, cfg: StainConfig, *, near: list) -> torch.Tensor:
-        n, _, h, w = x.shape
-        win = self._baseline_window(h, w, cfg)
-        grid = window_grid((h, w), window=win, overlap=cfg.overlap_px)
-        positions = [(i, y, xx) for i in range(n) for y, xx in _with_tissue(grid, win, near[i])]
-        weight = window_weight(win, overlap=cfg.overlap_px, device=x.device)
-
-        def predict(chunk):
-            with self.autocast():
-                return self.net(torch.cat([x[i : i + 1, :, y : y + win[0], xx : xx + win[1]] for i, y, xx in chunk]))
-
-        canvas = torch.zeros((n, 3, h, w), device=x.device)
-        return fuse_windows(predict, positions, canvas=canvas, window=win, weight=weight, batch=cfg.batch_size)
 
     def _ldm_batch(self, x: torch.Tensor, cfg: StainConfig, *, canvas_of: list[int], seeds: list[int],
                    near: list, shown: list, own: list[tuple[int, int]]) -> torch.Tensor:
@@ -259,60 +222,26 @@ class StainModel:
         ldm, f = self.net, self.f
         h, w = x.shape[-2] // f, x.shape[-1] // f
         win, overlap = self.ldm_windows(h, w, cfg)
-        near_z = [None if m is None else m.reshape(h, f, w, f).any(axis=(1, 3)) for m in near]  # latent px
-        weight = window_weight(win, overlap=overlap, device=x.device)
-        with self.autocast():
-            spatial = ldm.stem(x) if ldm.stem is not None else None  # (N, c, h, w): the stem is convolutional
-            fmap = ldm.semantic.feature_map(x) if ldm.semantic is not None else None  # (N, D, H/r, W/r)
-        r = ldm.semantic.reduction // f if ldm.semantic is not None else 1  # latent px per token
-
-        def window_condition(chunk) -> Condition:
-            sp = tok = None
-            if spatial is not None:
-                sp = torch.cat([spatial[canvas_of[n] : canvas_of[n] + 1, :, y : y + win[0], xx : xx + win[1]]
-                                for n, y, xx in chunk])
-            if fmap is not None:
-                crops = [fmap[canvas_of[n] : canvas_of[n] + 1, :, y // r : max(y // r + 1, (y + win[0]) // r),
-                              xx // r : max(xx // r + 1, (xx + win[1]) // r)] for n, y, xx in chunk]
-                size = crops[0].shape[-2:]
-                crops = [c if c.shape[-2:] == size else torch.nn.functional.interpolate(c, size=size) for c in crops]
-                tok = ldm.semantic.tokens(torch.cat(crops))
-            return Condition(sp, tok)
-
-        calls = [0]
-
-        def model_fn(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            positions = []
-            for n, seed in enumerate(seeds):  # each canvas's borders move at every step, by its own seed
-                grid = window_grid((h, w), window=win, overlap=overlap, jitter_seed=seed * 997 + calls[0])
-                positions += [(n, y, xx) for y, xx in _with_tissue(grid, win, near_z[canvas_of[n]])]
-            calls[0] += 1
-
-            def predict(chunk):
-                zb = torch.cat([z[n : n + 1, :, y : y + win[0], xx : xx + win[1]] for n, y, xx in chunk])
-                with self.autocast():
-                    return ldm.guided(window_condition(chunk), cfg.guidance)(zb, t[:1].expand(len(chunk))).float()
-
-            return fuse_windows(predict, positions, canvas=z, window=win, weight=weight, batch=cfg.batch_size)
-
+        denoiser = WindowDenoiser(self, x, cfg, canvas_of=canvas_of, seeds=seeds, near=near, window=win,
+                                  overlap=overlap)
         gens = [torch.Generator(device=x.device).manual_seed(s) for s in seeds]
         noise = torch.cat([_noise((ldm.latent_channels, h, w), own[canvas_of[n]], g) for n, g in enumerate(gens)])
         kwargs = {"eta": cfg.eta} if cfg.sampler == "ddim" else {}
         # DDIM's η > 0 noise continues the first item's generator (alone, exactly as if unbatched)
-        z0 = run_sampler(cfg.sampler, model_fn, ldm.schedule, noise, steps=cfg.steps, generator=gens[0], **kwargs)
+        z0 = run_sampler(cfg.sampler, denoiser, ldm.schedule, noise, steps=cfg.steps, generator=gens[0], **kwargs)
         dec_tile, dec_overlap = self.decode_tiles(h, w)
-
-        def decode(zt: torch.Tensor) -> torch.Tensor:
-            with self.autocast():
-                return self.ae.decode(zt / self.latent_scale)
-
         outs = []
         for n in range(len(seeds)):
             s = shown[canvas_of[n]]
             keep = None if s is None else torch.from_numpy(s.reshape(h, f, w, f).any(axis=(1, 3)))
-            outs.append(decode_tiled(decode, z0[n : n + 1], tile=dec_tile, overlap=dec_overlap, scale=f, keep=keep,
-                                     batch=self._decode_batch(cfg)).clamp(-1, 1))
+            outs.append(decode_tiled(self._decode, z0[n : n + 1], tile=dec_tile, overlap=dec_overlap, scale=f,
+                                     keep=keep, batch=self._decode_batch(cfg)).clamp(-1, 1))
         return torch.cat(outs)
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents ``(n, C, h, w)`` (scaled) -> images ``(n, 3, h·f, w·f)`` in ~[-1, 1]."""
+        with self.autocast():
+            return self.ae.decode(z / self.latent_scale)
 
     def _decode_batch(self, cfg: StainConfig) -> int:
         """Decode tiles per call: ``batch_size`` on a GPU; one on a CPU, where the decoder's
@@ -342,15 +271,6 @@ def _pad_to(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         return x
     mode = "reflect" if pad_h < x.shape[-2] and pad_w < x.shape[-1] else "replicate"
     return torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-
-
-def _with_tissue(positions: list[tuple[int, int]], win: tuple[int, int], near: np.ndarray | None
-                 ) -> list[tuple[int, int]]:
-    """The windows that touch ``near`` (all of them without a map)."""
-    if near is None:
-        return positions
-    keep = [(y, x) for y, x in positions if near[y : y + win[0], x : x + win[1]].any()]
-    return keep or positions
 
 
 def _count_window_cost(meta: dict, *, f: int, tile: int, multiple: int) -> WindowCost:

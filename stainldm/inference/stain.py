@@ -136,6 +136,8 @@ def batch_canvases(model: StainModel, regions: list[tuple[int, int, int, int]], 
 
 @dataclass
 class StainResult:
+    """The files :func:`stain_slide` wrote, and what it found."""
+
     output: Path
     uncertainty: Path | None
     thumbnail: Path
@@ -149,6 +151,23 @@ def stain_slide(slide: SlideReader, model: StainModel, out: Path, cfg: StainConf
                 progress: Any = None, provenance: dict | None = None) -> StainResult:
     """Stains ``slide`` into ``out`` (pyramidal TIFF) + uncertainty, thumbnail and provenance JSON.
 
+    The provenance JSON records, besides the input, model, device and config, the layout that was
+    sampled: ``canvases`` (``[x, y, w, h]`` of every canvas, in output level-0 px, in the order of
+    :func:`region_canvases`) and ``tile_px`` (the model's training tile), from which window
+    borders can be drawn without re-deriving the tissue regions.
+
+    Args:
+        slide: the unstained slide.
+        model: the loaded model; the output is at its mpp.
+        out: the TIFF to write (``<stem>.uncertainty.tiff``, ``<stem>.thumb.png`` and
+            ``<stem>.json`` go beside it).
+        cfg: how to stain.
+        progress: a tqdm-like bar (``reset(total=)``, ``update(n)``) counting the canvases.
+        provenance: more keys for the provenance JSON and the TIFF's metadata.
+
+    Returns:
+        the files written, the number of tissue regions, the tissue fraction and the time taken.
+
     Raises:
         InputError: the slide's channels differ from the model's, it has no mpp, or no tissue.
     """
@@ -160,7 +179,7 @@ def stain_slide(slide: SlideReader, model: StainModel, out: Path, cfg: StainConf
         raise InputError(f"{slide.name}: has {slide.channels} channels but the model was trained on "
                          f"{model.in_channels}-channel unstained scans; use a checkpoint of this modality")
     if slide.mpp is None:
-        raise InputError(f"{slide.name}: the slide does not record its mpp; pass --mpp")
+        raise InputError(f"{slide.name}: the slide does not record its mpp; pass `mpp`")
     out_mpp = model.mpp
     f = out_mpp / slide.mpp[0]  # level-0 px per output px
     out_w, out_h = math.ceil(slide.dimensions[0] / f), math.ceil(slide.dimensions[1] / f)
@@ -234,6 +253,7 @@ def stain_slide(slide: SlideReader, model: StainModel, out: Path, cfg: StainConf
               "checkpoint": str(model.path), "model_kind": model.kind,
               "device": describe(model.device), "precision": model.precision,
               "attention": "sdpa" if model.sdpa else "math", "batches": len(batches),
+              "tile_px": model.tile_px, "canvases": [list(c) for c in canvases],
               "stain_config": _plain(cfg), "seconds": round(seconds, 2), **(provenance or {})}
     atomic_write_text(prov, json.dumps(record, indent=1))
     return StainResult(out, unc, thumb, prov, len(regions), frac, seconds)

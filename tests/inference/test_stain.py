@@ -26,6 +26,7 @@ from stainldm.inference.stain import (
     CANVAS_BLEND_PX,
     StainConfig,
     StainModel,
+    region_canvases,
     split_canvas,
     stain_slide,
     tissue_regions,
@@ -176,6 +177,20 @@ def test_provenance_and_no_leftover_files(ldm_stained, ldm, stain_slides):
     assert thumb.shape == (201, 301, 3)
 
 
+def test_provenance_records_the_canvases_sampled_and_the_tile(baseline, stain_slides, tmp_path):
+    """``canvases`` are exactly :func:`region_canvases`' rectangles (output level-0 px) and
+    ``tile_px`` the model's tile: evaluation draws window borders from them."""
+    cfg = StainConfig(max_canvas_px=128)
+    res = _stain(stain_slides["core"], baseline, tmp_path / "core.tiff", cfg)
+    meta = json.loads(res.provenance.read_text())
+    with open_slide(stain_slides["core"]) as s:
+        regions, _ = tissue_regions(s, cfg, out_mpp=baseline.mpp)
+    expected = region_canvases(regions, tuple(meta["size_wh"]), cfg)
+    assert len(expected) == 9  # one region, split into 3×3 sub-canvases
+    assert meta["canvases"] == [list(c) for c in expected]
+    assert meta["tile_px"] == baseline.tile_px
+
+
 def test_provenance_extras_are_recorded(baseline, stain_slides, tmp_path):
     extra = {"sampler": "dpmpp_2m", "steps": 2, "seed": 3, "checkpoint_sha256": "ab" * 32}
     res = _stain(stain_slides["a"], baseline, tmp_path / "a.tiff", StainConfig(), provenance=extra)
@@ -203,14 +218,15 @@ def test_a_slide_without_tissue_is_an_input_error_and_leaves_nothing(ldm, stain_
 
 def test_a_slide_without_mpp_is_an_input_error(baseline, stain_slides, tmp_path):
     img = _read(stain_slides["a"])
-    with pytest.raises(InputError, match="mpp"):
+    with pytest.raises(InputError, match="does not record its mpp; pass `mpp`"):
         stain_slide(ArrayReader(img), baseline, tmp_path / "o.tiff", StainConfig())
 
 
-@pytest.mark.parametrize(("field", "value", "message"), [("steps", 0, "--steps"), ("samples", 0, "--samples"),
-                                                         ("batch_size", 0, "--batch-size"), ("overlap_px", -1, "--overlap"),
+@pytest.mark.parametrize(("field", "value", "message"), [("steps", 0, "`steps`"), ("samples", 0, "`samples`"),
+                                                         ("batch_size", 0, "`batch_size`"), ("overlap_px", -1, "`overlap`"),
                                                          ("max_canvas_px", 32, "max_canvas_px"),
-                                                         ("single_window_scale", 0.5, "single_window_scale")])
+                                                         ("single_window_scale", 0.5, "single_window_scale"),
+                                                         ("sampler", "euler", "`sampler` euler")])
 def test_bad_stain_config_is_an_input_error(baseline, stain_slides, tmp_path, field, value, message):
     with open_slide(stain_slides["a"]) as s, pytest.raises(InputError, match=message):
         stain_slide(s, baseline, tmp_path / "o.tiff", StainConfig(**{field: value}))

@@ -22,8 +22,7 @@ import pytest
 import torch
 
 from pipelines.cli import main
-from pipelines.stain import expand_inputs, output_name, parse_shard, shard
-from stainldm.errors import InputError
+from stainldm.inference.batch import shard
 
 ROOT = Path(__file__).resolve().parents[2]
 RANK_VARS = ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS")
@@ -89,21 +88,6 @@ def test_folder_and_csv_inputs_are_stained_and_recorded(stain_runs, stain_slides
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".") and p.name != ".manifest.csv.lock") == []
 
 
-def test_expand_inputs_and_output_names(tmp_path):
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for name in ("x.svs", "y.ome.tiff", "z.PNG", "readme.md", ".x.tiff"):
-        (folder / name).write_text("")
-    (tmp_path / "paths.csv").write_text("path\nin/x.svs\n/abs/w.ndpi\n\n")
-    got = expand_inputs([folder, tmp_path / "paths.csv", tmp_path / "single.mrxs"])
-    assert got == [folder / "x.svs", folder / "y.ome.tiff", folder / "z.PNG", Path("/abs/w.ndpi"),
-                   tmp_path / "single.mrxs"]  # the csv's x.svs is the folder's: listed once
-    assert [output_name(p) for p in got] == ["x", "y", "z", "w", "single"]
-    (tmp_path / "bad.csv").write_text("file\nx.svs\n")
-    with pytest.raises(InputError, match="bad.csv: needs a 'slide'"):
-        expand_inputs([tmp_path / "bad.csv"])
-
-
 def test_failed_and_empty_slides_are_recorded_the_batch_goes_on_and_a_rerun_skips_done(
         stain_runs, stain_slides, tmp_path, capsys):
     folder = tmp_path / "in"
@@ -125,14 +109,11 @@ def test_failed_and_empty_slides_are_recorded_the_batch_goes_on_and_a_rerun_skip
     good = out / "good.tiff"
     before = (good.stat().st_mtime_ns, (out / "good.json").stat().st_mtime_ns, rows["good.tiff"])
     (folder / "broken.svs").unlink()
-    t0 = time.perf_counter()
     assert _stain([folder], stain_runs["baseline"], out) == 0
-    rerun_s = time.perf_counter() - t0
     assert _error_lines(capsys.readouterr().err) == []
     rows = _manifest(out)
     assert (good.stat().st_mtime_ns, (out / "good.json").stat().st_mtime_ns, rows["good.tiff"]) == before
     assert rows["empty.tiff"]["status"] == "skipped"
-    assert rerun_s < 30  # no staining happened (the model load and the empty slide's mask only)
 
 
 def test_a_done_slide_whose_output_was_deleted_is_stained_again(stain_runs, stain_slides, tmp_path):
@@ -147,48 +128,6 @@ def test_a_done_slide_whose_output_was_deleted_is_stained_again(stain_runs, stai
 # ---------------------------------------------------------------------------------------------
 # Shards
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("count", [1, 2, 3, 5, 13])
-def test_shards_are_disjoint_and_cover_the_list_once(count):
-    items = [Path(f"slides/s{i:02d}.svs") for i in (7, 3, 11, 0, 5, 1, 2, 9, 4, 10, 6, 8)]
-    parts = [shard(items, i, count) for i in range(count)]
-    flat = [p for part in parts for p in part]
-    assert sorted(flat) == sorted(items) and len(flat) == len(set(flat))
-    assert max(map(len, parts)) - min(map(len, parts)) <= 1  # balanced
-    assert parts == [shard(list(reversed(items)), i, count) for i in range(count)]  # order of listing does not matter
-
-
-@pytest.mark.parametrize(("text", "env", "expected"), [
-    ("1/2", {}, (0, 2)),
-    ("2/2", {"RANK": "0", "WORLD_SIZE": "2"}, (1, 2)),  # --shard wins over the environment
-    ("1/1", {}, (0, 1)),
-    (None, {"RANK": "3", "WORLD_SIZE": "4"}, (3, 4)),  # torchrun
-    (None, {"SLURM_PROCID": "2", "SLURM_NTASKS": "3"}, (2, 3)),  # srun
-    (None, {"RANK": "1", "WORLD_SIZE": "2", "SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, (1, 2)),  # torchrun in SLURM
-    (None, {"RANK": "1"}, (0, 1)),  # half a pair is no sharding
-    (None, {}, (0, 1)),
-])
-def test_parse_shard(text, env, expected):
-    assert parse_shard(text, env) == expected
-
-
-def test_parse_shard_reads_the_process_environment(monkeypatch):
-    monkeypatch.setenv("SLURM_PROCID", "4")
-    monkeypatch.setenv("SLURM_NTASKS", "8")
-    assert parse_shard(None) == (4, 8)
-
-
-@pytest.mark.parametrize("text", ["3/2", "0/2", "1/0", "2", "a/b", "1/2/3", "-1/2"])
-def test_parse_shard_refuses_bad_specs(text):
-    with pytest.raises(InputError, match=f"--shard {text}"):
-        parse_shard(text, {})
-
-
-@pytest.mark.parametrize("env", [{"RANK": "2", "WORLD_SIZE": "2"}, {"SLURM_PROCID": "x", "SLURM_NTASKS": "2"}])
-def test_parse_shard_refuses_rank_variables_out_of_range(env):
-    with pytest.raises(InputError, match="RANK|SLURM"):
-        parse_shard(None, env)
-
-
 def test_two_shards_stain_disjoint_halves_of_a_batch(stain_runs, stain_slides, tmp_path, capsys):
     folder = tmp_path / "in"
     names = ["a.tiff", "b.tiff", "c.tiff"]
