@@ -1,9 +1,8 @@
-"""Image metrics of virtual against real H&E, all restricted to a tissue mask; bootstrap CIs.
+"""Image metrics of virtual against real H&E, all restricted to a tissue mask.
 
 Pure functions over ``(H, W, 3)`` uint8 RGB arrays and ``(H, W)`` bool masks (no I/O):
 
     m = core_metrics(virtual, real, tissue, mpp=0.5)           # one core: PSNR, SSIM, colour, stain, nuclei
-    mean, lo, hi = bootstrap_ci(per_core_values, seed=0)       # over cores
 
 Conventions (the report states them):
 
@@ -30,11 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-# Lab histogram ranges and the metric directions the report ranks by.
+# Lab histogram ranges (L* 0–100, a*/b* −128–127), one-unit bins.
 _LAB_RANGES = ((0.0, 100.0), (-128.0, 128.0), (-128.0, 128.0))
-HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lab_w": False, "lab_w_L": False, "lab_w_a": False,
-                    "lab_w_b": False, "h_corr": True, "e_corr": True, "nuclei_f1": True,
-                    "nuclei_count_error": False, "seam_score": False}
 
 
 @dataclass(frozen=True)
@@ -223,7 +219,8 @@ def seam_score(img: np.ndarray, mask: np.ndarray, *, borders_x: Sequence[int], b
         ValueError: a border that is not a multiple of ``period``.
     """
     if period < 1 or any(b % period for b in (*borders_x, *borders_y)):
-        raise ValueError(f"seam_score: borders must be multiples of period={period}")
+        raise ValueError(f"seam_score: `borders_x` and `borders_y` must be multiples of `period` ({period}), "
+                         "and `period` at least 1")
     x = img.astype(np.float32)
     dx = np.abs(x[:, 1:] - x[:, :-1]).mean(axis=2)  # (H, W-1): step between columns j and j+1
     dy = np.abs(x[1:] - x[:-1]).mean(axis=2)
@@ -242,7 +239,7 @@ def seam_score(img: np.ndarray, mask: np.ndarray, *, borders_x: Sequence[int], b
 
 
 # ---------------------------------------------------------------------------------------------
-# One core, and statistics over cores
+# One core
 # ---------------------------------------------------------------------------------------------
 def core_metrics(pred: np.ndarray, target: np.ndarray, mask: np.ndarray, *, mpp: float,
                  nuclei: NucleiConfig = NucleiConfig(), hed_target: np.ndarray | None = None) -> dict[str, float]:
@@ -255,7 +252,8 @@ def core_metrics(pred: np.ndarray, target: np.ndarray, mask: np.ndarray, *, mpp:
         hed_target: ``hed_densities(target)`` when already computed (shared by the methods).
     """
     if pred.shape != target.shape or mask.shape != target.shape[:2]:
-        raise ValueError(f"core_metrics: shapes differ: pred {pred.shape}, target {target.shape}, mask {mask.shape}")
+        raise ValueError(f"core_metrics: shapes differ: `pred` {pred.shape}, `target` {target.shape}, "
+                         f"`mask` {mask.shape}")
     hp = hed_densities(pred)
     ht = hed_densities(target) if hed_target is None else hed_target
     lw = lab_wasserstein(pred, target, mask)
@@ -265,31 +263,6 @@ def core_metrics(pred: np.ndarray, target: np.ndarray, mask: np.ndarray, *, mpp:
            "h_corr": h_corr, "e_corr": e_corr}
     out.update(nuclei_agreement(hp, ht, mask, mpp=mpp, cfg=nuclei))
     return out
-
-
-def bootstrap_ci(values: Sequence[float], *, n_boot: int = 2000, seed: int = 0, level: float = 0.95
-                 ) -> tuple[float, float, float, int]:
-    """Mean and percentile bootstrap CI over the finite values (resampling cores).
-
-    Returns:
-        ``(mean, low, high, n)``; NaNs when no value is finite, the mean itself as both bounds for one.
-    """
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
-    if v.size == 0:
-        return math.nan, math.nan, math.nan, 0
-    if v.size == 1:
-        return float(v[0]), float(v[0]), float(v[0]), 1
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
-    a = (1 - level) / 2
-    return float(v.mean()), float(np.quantile(means, a)), float(np.quantile(means, 1 - a)), int(v.size)
-
-
-def paired_difference(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000, seed: int = 0,
-                      level: float = 0.95) -> tuple[float, float, float, int]:
-    """Mean of ``a - b`` over the cores where both are finite, with its bootstrap CI."""
-    d = [x - y for x, y in zip(a, b, strict=True) if math.isfinite(x) and math.isfinite(y)]
-    return bootstrap_ci(d, n_boot=n_boot, seed=seed, level=level)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The report: statistics over cores, the HTML page, and the page in a real (headless) browser."""
+"""The report: the summary over cores, metrics.json, the HTML page, and the page in a real (headless) browser."""
 
 from __future__ import annotations
 
@@ -6,27 +6,22 @@ import math
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from stainldm.eval.report import (
-    ReportContext,
-    format_summary,
-    preview_unstained,
-    save_core_panels,
-    summarise,
-    verdict_lines,
-    write_metrics_json,
-    write_report,
-)
+from stainldm.eval.figures import save_core_panels
+from stainldm.eval.report import ReportContext, format_summary, write_metrics_json, write_report
+from stainldm.eval.stats import summarise, verdict_lines
+from stainldm.eval.table import CoreRow
 
 KEYS = ("psnr", "ssim", "lab_w", "lab_w_L", "lab_w_a", "lab_w_b", "h_corr", "e_corr", "nuclei_f1",
         "nuclei_count_ratio", "nuclei_count_error", "seam_score", "nuclei_real", "nuclei_pred")
 
 
-def _rows(n_cores: int = 6) -> list[dict]:
+def _rows(n_cores: int = 6) -> list[CoreRow]:
     """'good' beats 'bad' on every core; 'same' equals 'good' up to noise; 'gone' misses one core."""
     rng = np.random.default_rng(0)
     worse = {"psnr": -5.0, "ssim": -0.1, "lab_w": 2.0, "h_corr": -0.1, "e_corr": -0.1, "nuclei_f1": -0.1}
@@ -41,7 +36,7 @@ def _rows(n_cores: int = 6) -> list[dict]:
                 if method == "same":
                     v[k] += rng.normal(0, 0.05)
             status = "missing: core not stained in the prediction" if method == "gone" and i == 0 else "ok"
-            rows.append({"method": method, "slide_id": "s", "core": f"A{i}", "status": status, "tissue_px": 100, **v})
+            rows.append(CoreRow(method, "s", f"A{i}", status, 100, v))
     return rows
 
 
@@ -62,8 +57,8 @@ def test_summarise_ranks_and_says_where_the_reference_wins_and_loses():
     assert all(verdict[("bad", k)] == "wins" for k in ("psnr", "ssim", "lab_w", "h_corr", "e_corr", "nuclei_f1"))
     assert verdict[("same", "psnr")] == "no clear difference"
     assert verdict[("same", "lab_w")] == "no clear difference"  # lower is better, CI across 0
-    mixed = [dict(r, lab_w=r["lab_w"] + (6.0 if r["core"] in ("A0", "A1") else -3.0)) if r["method"] == "bad" else r
-             for r in _rows()]  # 'bad' is worse on average but better on most cores: CI spans 0
+    mixed = [replace(r, values={**r.values, "lab_w": r.value("lab_w") + (6.0 if r.core in ("A0", "A1") else -3.0)})
+             if r.method == "bad" else r for r in _rows()]  # 'bad' is worse on average but better on most cores: CI spans 0
     assert {(c["other"], c["metric"]): c["verdict"] for c in summarise(mixed, methods, reference="good", seed=0,
             n_boot=500)["comparisons"]}[("bad", "lab_w")] == "no clear difference"
     lines = verdict_lines(s)
@@ -76,18 +71,10 @@ def test_summarise_ranks_and_says_where_the_reference_wins_and_loses():
 
 
 def test_one_core_gives_no_verdict():
-    rows = [r for r in _rows() if r["core"] == "A1"]
+    rows = [r for r in _rows() if r.core == "A1"]
     s = summarise(rows, ["good", "bad"], reference="good", seed=0, n_boot=500)
     assert {c["verdict"] for c in s["comparisons"]} == {"too few cores"}
     assert verdict_lines(s) == ["good vs bad: too few cores in common to compare"]
-
-
-def test_preview_of_unstained_inputs():
-    rng = np.random.default_rng(0)
-    for c in (1, 2, 3, 4):
-        img = rng.integers(0, 4000, (8, 8, c)).astype(np.uint16)
-        out = preview_unstained(img)
-        assert out.shape == (8, 8, 3) and out.dtype == np.uint8 and out.max() == 255
 
 
 def test_report_files_link_only_local_images(tmp_path):
@@ -117,21 +104,6 @@ def test_report_files_link_only_local_images(tmp_path):
     assert data["bootstrap"]["resamples"] == 500
 
 
-def test_quality_against_steps_when_the_same_model_is_given_at_several_steps(tmp_path):
-    from stainldm.eval.report import make_figures
-
-    names = ["LDM (ddim, 1 step)", "LDM (ddim, 4 steps)", "LDM (ddim, 2 steps)"]
-    rows = [{**r, "method": names[["good", "same", "bad"].index(r["method"])]} for r in _rows()
-            if r["method"] in ("good", "same", "bad")]
-    s = summarise(rows, names, reference=names[0], seed=0, n_boot=200)
-    ctx = _context(names)
-    for m, steps in zip(ctx.methods, (1, 4, 2), strict=True):
-        m.update(kind="ldm", steps=steps, seconds_total=10.0 * steps)
-    figs = make_figures(tmp_path / "figures", rows, names, s, ctx)
-    assert [t for t, *_ in figs][-1] == "Quality against sampler steps"
-    assert (tmp_path / "figures" / "steps.png").is_file()
-
-
 def _chromium() -> str | None:
     return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 
@@ -146,7 +118,7 @@ def test_report_renders_in_headless_chromium(eval_report, tmp_path):
     browser = _chromium()
     if browser is None:
         pytest.skip("chromium not found: install it with `apt-get install -y chromium` (Debian) to run the browser test")
-    assert eval_report["code"] == 0
+    assert eval_report["result"].errors == []
     url = (eval_report["out"] / "report.html").resolve().as_uri()
     common = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,2400"]
     dom = subprocess.run([*common, "--virtual-time-budget=10000", "--dump-dom", url], capture_output=True, text=True,
@@ -165,3 +137,21 @@ def test_report_renders_in_headless_chromium(eval_report, tmp_path):
 
     img = np.asarray(Image.open(shot).convert("RGB"))
     assert img.shape[:2] == (2400, 1400) and img.std() > 10  # something was drawn, not a blank page
+
+
+def test_names_from_user_folders_are_escaped_and_verdicts_marked(tmp_path):
+    """Method and core names come from folders: markup in them is shown as text, never run."""
+    evil = "<script>alert(1)</script>"
+    rows = [replace(r, method=evil if r.method == "bad" else r.method, core=f"{r.core}<b>") for r in _rows()
+            if r.method in ("good", "bad")]
+    methods = ["good", evil]
+    s = summarise(rows, methods, reference="good", seed=0, n_boot=200)
+    ctx = _context(methods, fid={"good": {"fid": 1.5, "kid": 0.01, "kid_std": 0.002, "patches": 12},
+                                 evil: {"fid": math.nan, "kid": math.nan, "kid_std": math.nan, "patches": 1}})
+    ctx.gallery_total = 3
+    text = write_report(tmp_path, rows=rows, summary=s, gallery=[], context=ctx).read_text()
+    assert "<script>alert" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "A0&lt;b&gt;" in text and "<b>A0" not in text
+    assert "<span class='win'>wins</span> on" in text and "id='per-core'" in text
+    assert "Showing 0 of 3 cores" in text and "FID ↓" in text and "1.500" in text
+    assert text.count("<tr class='best'>") == 1 and "data-images-loaded" in text

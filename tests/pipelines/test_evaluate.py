@@ -1,6 +1,6 @@
 """``stainldm evaluate`` on a real (tiny) pipeline: make-sample -> prepare -> train (ci.yaml) -> stain -> evaluate.
 
-The shared report (``eval_report`` in conftest) compares the LDM, the U-Net baseline (stained on
+The command's report (``eval_report`` here: the library's is in conftest) compares the LDM, the U-Net baseline (stained on
 the fly from its run) and the colour map; the bad-input tests share one run over doctored copies
 of the LDM prediction.
 """
@@ -23,6 +23,18 @@ import torch
 from pipelines.cli import main
 from stainldm.wsi.reader import open_slide
 from stainldm.wsi.writer import write_pyramid
+
+
+@pytest.fixture(scope="module")
+def eval_report(eval_runs, tmp_path_factory) -> dict:
+    """``stainldm evaluate`` of the ldm prediction, the baseline run (stained on the fly) and the
+    colour map on the test split: ``{"out": folder, "code": exit code, "stdout": printed text}``."""
+    out = tmp_path_factory.mktemp("eval_report_cli") / "report"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(["evaluate", "--pred", str(eval_runs["pred_ldm"]), "--baseline", str(eval_runs["baseline"]),
+                     "--store", str(eval_runs["store"]), "--out", str(out), "--quiet", "--device", "cpu"])
+    return {"out": out, "code": code, "stdout": buf.getvalue()}
 
 
 def _evaluate(eval_runs, out: Path, *preds: Path, extra: tuple[str, ...] = ()) -> tuple[int, str, str]:
