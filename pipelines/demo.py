@@ -1,34 +1,33 @@
 """``stainldm demo``: the whole pipeline on the bundled real H&E, end to end, on a laptop CPU.
 
-make-sample (autofluorescence TMA from data/samples/CMU-1-Small-Region.svs) -> prepare -> the
-models (the shipped demo weights in ``data/checkpoints/``, or with ``--train`` the autoencoder,
-LDM and baseline trained from scratch with the workflow config) -> stain the sample slide with the
-LDM and the baseline -> evaluate the held-out test cores (LDM vs baseline vs colour map) -> the
-report path and a five-line summary. Every stage is resumable: rerunning the same command skips
-finished training and slides already stained.
-
-``--export DIR`` (with ``--train``) writes the trained models in the shipped form: half-precision
-safetensors, ``model.json``, the training ``config.yaml`` and ``metrics.csv`` per model, and the
-demo's ``evaluation.csv``. That is how ``data/checkpoints/`` is made (its README).
+Recipe, each stage a library call: make-sample (an autofluorescence TMA from
+data/samples/CMU-1-Small-Region.svs) -> prepare -> the models (shipped in ``data/checkpoints/``, or
+with ``--train`` trained from scratch with the workflow config) -> stain the sample with the LDM and
+the baseline -> evaluate the test cores (LDM, baseline, colour map) -> the report and a five-line
+summary. Rerunning skips finished training and stained slides. ``--export DIR`` (with ``--train``)
+writes the models in the shipped form (``models.runs.export_run``): how data/checkpoints/ is made.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import logging
-import shutil
+import os
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from stainldm.config import load_yaml
-from stainldm.errors import CheckpointError, ConfigError, InputError
+from stainldm.config import load_config
+from stainldm.errors import CheckpointError, InputError, RunError
 
 log = logging.getLogger("stainldm.demo")
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "data" / "checkpoints"
 STAIN_KINDS = ("ldm", "baseline")
-SUMMARY_METRICS = (("psnr", "PSNR", 2, " dB"), ("ssim", "SSIM", 3, ""), ("lab_w", "CIELAB W1", 2, ""))
 
 
 def add_parser(sub, common) -> None:
@@ -48,13 +47,14 @@ def add_parser(sub, common) -> None:
     p.set_defaults(run=run)
 
 
-def _steps(config: Path) -> dict[str, int]:
-    demo = load_yaml(config).get("demo") or {}
-    unknown = set(demo) - {"autoencoder_steps", "ldm_steps", "baseline_steps", "stain_steps"}
-    if unknown:
-        raise ConfigError(f"{config}: unknown key 'demo.{sorted(unknown)[0]}'")
-    return {"autoencoder": int(demo.get("autoencoder_steps", 300)), "ldm": int(demo.get("ldm_steps", 300)),
-            "baseline": int(demo.get("baseline_steps", 300)), "stain": int(demo.get("stain_steps", 10))}
+@dataclass(frozen=True)
+class DemoSteps:
+    """The ``demo:`` section of a workflow config: training steps per model and sampler steps."""
+
+    autoencoder_steps: int = 300
+    ldm_steps: int = 300
+    baseline_steps: int = 300
+    stain_steps: int = 10
 
 
 def shipped_models(folder: Path) -> dict[str, Path]:
@@ -63,7 +63,7 @@ def shipped_models(folder: Path) -> dict[str, Path]:
     Raises:
         CheckpointError: a model folder or one of its files is missing, or it is of another kind.
     """
-    from stainldm.train.checkpoint import read_model_json
+    from stainldm.models.runs import read_model_json
 
     models = {}
     for kind in STAIN_KINDS:
@@ -79,104 +79,122 @@ def shipped_models(folder: Path) -> dict[str, Path]:
 
 
 def export_models(runs: dict[str, Path], dest: Path, evaluation: Path | None) -> None:
-    """Writes trained runs in the shipped form: fp16 safetensors (halves the size; the models load them
-    into float32), ``model.json``, ``config.yaml`` and the training ``metrics.csv``."""
-    import torch
-    from safetensors.torch import load, save
-
+    """The trained ldm and baseline in the shipped form (``models.runs.export_run``), with the evaluation."""
     from stainldm.files import atomic_write_bytes
+    from stainldm.models.runs import export_run
 
     for kind, run in runs.items():
-        out = dest / kind
-        out.mkdir(parents=True, exist_ok=True)
-        for name in ("model.safetensors", "autoencoder.safetensors"):
-            if (run / name).is_file():
-                tensors = load((run / name).read_bytes())
-                half = {k: v.half() if v.is_floating_point() and v.dtype == torch.float32 else v
-                        for k, v in tensors.items()}
-                atomic_write_bytes(out / name, save(half))
-        for name in ("model.json", "config.yaml", "metrics.csv"):
-            shutil.copyfile(run / name, out / name)
+        export_run(run, dest / kind)
     if evaluation is not None and evaluation.is_file():
-        shutil.copyfile(evaluation, dest / "evaluation.csv")
+        atomic_write_bytes(dest / "evaluation.csv", evaluation.read_bytes())
     print(f"exported {', '.join(runs)} to {dest}")
 
 
 def summary_lines(metrics_json: Path, report: Path, timings: dict[str, float]) -> list[str]:
     """Five lines: the report, one line per method (mean and 95% CI over cores), the stage times."""
+    from stainldm.eval.report import headline_lines
+
     data = json.loads(metrics_json.read_text())
-    lines = [f"report: {report}  ({data.get('cores', '?')} {data.get('split', 'test')} cores, "
-             "means with bootstrap 95% CIs over cores)"]
-    for name, metrics in data["summary"].items():
-        parts = []
-        for key, label, digits, unit in SUMMARY_METRICS:
-            m = metrics.get(key) or {}
-            if m.get("mean") is not None:
-                parts.append(f"{label} {m['mean']:.{digits}f} [{m['lo']:.{digits}f}, {m['hi']:.{digits}f}]{unit}")
-        lines.append(f"  {name:<15} " + "   ".join(parts))
-    lines.append("  seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
-                 + f" (total {sum(timings.values()):.0f})")
-    return lines
+    return [f"report: {report}  ({data.get('cores', '?')} {data.get('split', 'test')} cores, means with bootstrap "
+            "95% CIs over cores)", *headline_lines(data),
+            "  seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
+            + f" (total {sum(timings.values()):.0f})"]
+
+
+@contextlib.contextmanager
+def _stage(name: str, seconds: dict[str, float]):
+    """Prints ``== name`` before a stage and records its seconds."""
+    print(f"== {name}", flush=True)
+    t0 = time.perf_counter()
+    yield
+    seconds[name] = time.perf_counter() - t0
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.cli import main as cli
+    import torch
+    from tqdm import tqdm
+
+    from stainldm.data.pairs import load_prepare_config
+    from stainldm.data.prepare import SlidePair, prepare_pair
+    from stainldm.data.sample_files import make_sample
+    from stainldm.data.synthetic import SampleConfig
+    from stainldm.device import resolve_device
+    from stainldm.eval import report as eval_report
+    from stainldm.eval.evaluate import EvalData, colour_map_method, evaluate, write_evaluation
+    from stainldm.eval.predictions import load_methods
+    from stainldm.inference.batch import default_batch_size, stain_slides
+    from stainldm.inference.config import StainConfig
+    from stainldm.inference.model import StainModel
 
     if args.export is not None and not args.train:
-        raise InputError("--export writes trained models: use it with --train")
-    steps = _steps(args.config)
+        raise InputError("`export` writes trained models: use it with `train`")
+    steps = load_config(DemoSteps, args.config, section="demo")
     models = None if args.train else shipped_models(args.checkpoints)
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    quiet = ["--quiet"] if args.quiet else []
+    (out := Path(args.out)).mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
+    stage = functools.partial(_stage, seconds=timings)
+    bar = functools.partial(tqdm, leave=False, disable=args.quiet)
 
-    def stage(name: str, argv: list[str], *, ok: tuple[int, ...] = (0,)) -> None:
-        t0 = time.perf_counter()
-        print(f"== {name}", flush=True)
-        code = cli([*argv, *quiet])
-        timings[name] = time.perf_counter() - t0
-        if code not in ok:
-            raise SystemExit(code)
-
-    sample, store, runs, stained, report = (out / "sample", out / "store", out / "runs", out / "stained",
-                                            out / "report")
-    stage("make-sample", ["make-sample", "--out", str(sample)])
-    stage("prepare", ["prepare", "--unstained", str(sample / "unstained.tiff"), "--stained",
-                      str(sample / "stained.tiff"), "--truth", str(sample / "truth.json"), "--out", str(store),
-                      "--config", str(args.config), "--slide-id", "sample"])
+    sample, store, runs, stained, report = (out / name for name in ("sample", "store", "runs", "stained", "report"))
+    with stage("make-sample"):
+        make_sample(sample, load_config(SampleConfig))
+    with stage("prepare"):
+        pair = SlidePair.from_paths(sample / "unstained.tiff", sample / "stained.tiff", truth=sample / "truth.json",
+                                    slide_id="sample")
+        for line in prepare_pair(store, pair, load_prepare_config(args.config)):
+            print(line)
     if models is None:
         models = {kind: runs / kind for kind in STAIN_KINDS}
         for kind in ("autoencoder", "ldm", "baseline"):
-            _train(stage, kind, runs, store, steps[kind], args)
+            with stage(f"train {kind}"):
+                _train(kind, runs, store, getattr(steps, f"{kind}_steps"), args)
+    device = resolve_device(args.device, env=os.environ, cuda_count=torch.cuda.device_count())
+    cfg = StainConfig(steps=steps.stain_steps, batch_size=default_batch_size(device))
     for kind in STAIN_KINDS:
-        stage(f"stain {kind}", ["stain", str(sample / "unstained.tiff"), "--checkpoint", str(models[kind]),
-                                "--out", str(stained / kind), "--steps", str(steps["stain"]),
-                                "--device", args.device])
-    # Exit 1 = some cores could not be evaluated: evaluate printed which, and the report lists them.
-    stage("evaluate", ["evaluate", "--pred", str(stained / "ldm"), "--baseline", str(stained / "baseline"),
-                       "--store", str(store), "--out", str(report), "--device", args.device], ok=(0, 1))
+        with stage(f"stain {kind}"):
+            model = StainModel.load(models[kind], device=device, precision="auto")
+            for outcome in stain_slides([sample / "unstained.tiff"], model, stained / kind, cfg,
+                                        progress=lambda s: bar(desc=s.name, unit="canvas")):
+                if outcome.status != "done":
+                    raise RunError(f"{outcome.slide}: staining with the {kind} {outcome.status}: {outcome.error}")
+    with stage("evaluate"):
+        data = EvalData.open(store)
+        methods = load_methods(data.unstained, preds=[stained / "ldm"], baselines=[stained / "baseline"],
+                               out=report, device=args.device)
+        methods += [m for m in [colour_map_method(data.store, seed=0)] if m is not None]
+        with bar(total=len(data.cores), desc="evaluate", unit="core") as cores:
+            result = evaluate(data, methods, gallery_dir=report / "gallery", progress=cores.update)
+        summary, html = write_evaluation(report, result, store=store, split="test")
+        print(eval_report.format_summary(summary, result.names))
+        for msg in result.errors:  # some cores could not be evaluated: the report lists them
+            print(f"error: {msg}", file=sys.stderr)
     if args.export is not None:
         export_models({"ldm": runs / "ldm", "baseline": runs / "baseline"}, args.export, report / "metrics.csv")
     print("\nstainldm demo: done (" + ("models trained with " + str(args.config) if args.train
-                                      else f"shipped models from {args.checkpoints}") + ")")
-    for line in summary_lines(report / "metrics.json", report / "report.html", timings):
+                                       else f"shipped models from {args.checkpoints}") + ")")
+    for line in summary_lines(report / "metrics.json", html, timings):
         print(line)
     return 0
 
 
-def _train(stage, kind: str, runs: Path, store: Path, steps: int, args: argparse.Namespace) -> None:
-    run_dir = runs / kind
-    if (run_dir / "state.pt").is_file():
-        meta = run_dir / "model.json"
-        done = json.loads(meta.read_text()).get("step", 0) if meta.is_file() else 0
-        if done >= steps:
+def _train(kind: str, runs: Path, store: Path, steps: int, args: argparse.Namespace) -> None:
+    """Trains (or resumes, or skips when done) one demo model in ``runs/<kind>``."""
+    from stainldm.train.config import load_run_config, load_train_config, resolve_config
+    from stainldm.train.loop import Trainer
+
+    run_dir, meta = runs / kind, runs / kind / "model.json"
+    resume = (run_dir / "state.pt").is_file()
+    if resume:
+        if (done := json.loads(meta.read_text()).get("step", 0) if meta.is_file() else 0) >= steps:
             print(f"== train {kind}: done ({done} steps)")
             return
-        argv = ["train", kind, "--resume", str(run_dir), "--set", f"steps={steps}"]
+        cfg = load_run_config(run_dir, [f"steps={steps}"])
     else:
-        extra = ["--autoencoder", str(runs / "autoencoder")] if kind == "ldm" else []
-        argv = ["train", kind, "--config", str(args.config), "--store", str(store), "--out", str(run_dir),
-                "--set", f"steps={steps}", "--device", args.device, *extra]
-    stage(f"train {kind}", argv)
-
+        cfg = load_train_config(args.config, [f"steps={steps}"])
+        cfg = resolve_config(cfg, store=store, autoencoder_run=runs / "autoencoder" if kind == "ldm" else None,
+                             wandb=None)
+    ae = Path(cfg.autoencoder_run) if cfg.autoencoder_run else None
+    trainer = Trainer(kind=kind, cfg=cfg, run_dir=run_dir, store=Path(cfg.data.store),
+                      device=None if resume else args.device, autoencoder_run=ae, resume=resume)
+    trainer.train(progress=not args.quiet)
+    print(f"{run_dir}: {kind} trained to step {trainer.step}")

@@ -39,14 +39,27 @@ def he_image(cmu_path) -> np.ndarray:
 # cores keep dearraying well above its four-piece TMA threshold; 300 µm cores meet the
 # registration goal with the default register.tile_px (256), which 200 µm cores do not.
 SMALL_TMA = ("grid.rows=2", "grid.cols=3", "grid.core_diameter_um=300", "grid.gap_um=100", "grid.test_cores=1")
-SMALL_TILES = ("--set", "tiles.size=64", "--set", "tiles.stride=64")
+SMALL_TILES = ("tiles.size=64", "tiles.stride=64")
 
 
 def _make_small_sample(out: Path, modality: str, seed: int) -> Path:
-    from pipelines.cli import main
+    from stainldm.config import load_config
+    from stainldm.data.sample_files import make_sample
+    from stainldm.data.synthetic import SampleConfig
 
-    assert main(["make-sample", "--out", str(out), "--modality", modality, "--seed", str(seed), "--quiet",
-                 "--set", *SMALL_TMA]) == 0
+    make_sample(out, load_config(SampleConfig, overrides=[*SMALL_TMA, f"modality={modality}", f"seed={seed}"]))
+    return out
+
+
+def _prepare(out: Path, sample: Path, *, config: Path | None = None, overrides=(), truth: bool = False,
+             slide_id: str | None = None) -> Path:
+    """``stainldm prepare`` of a make-sample folder, through the library."""
+    from stainldm.data.pairs import load_prepare_config
+    from stainldm.data.prepare import SlidePair, prepare_pair
+
+    pair = SlidePair.from_paths(sample / "unstained.tiff", sample / "stained.tiff",
+                                truth=sample / "truth.json" if truth else None, slide_id=slide_id)
+    prepare_pair(out, pair, load_prepare_config(config, overrides))
     return out
 
 
@@ -68,13 +81,8 @@ def small_store(small_af_pair, tmp_path_factory) -> Path:
 
     Shared: tests that change a store copy it first.
     """
-    from pipelines.cli import main
-
     out = tmp_path_factory.mktemp("small_store") / "store"
-    assert main(["prepare", "--unstained", str(small_af_pair / "unstained.tiff"), "--stained",
-                 str(small_af_pair / "stained.tiff"), "--truth", str(small_af_pair / "truth.json"),
-                 "--slide-id", "af", "--out", str(out), "--quiet", *SMALL_TILES]) == 0
-    return out
+    return _prepare(out, small_af_pair, overrides=SMALL_TILES, truth=True, slide_id="af")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,14 +99,14 @@ TRAIN_FAST = ("data.batch_size=2", "val_tiles=2", "sample_steps=2")
 @pytest.fixture(scope="session")
 def train_store(tmp_path_factory) -> Path:
     """A tile store with train, val and test tiles (2-channel uint16 autofluorescence, 64 px)."""
-    from pipelines.cli import main
+    from stainldm.config import load_config
+    from stainldm.data.sample_files import make_sample
     from stainldm.data.store import TileStore
+    from stainldm.data.synthetic import SampleConfig
 
     base = tmp_path_factory.mktemp("train_store")
-    assert main(["make-sample", "--out", str(base / "sample"), "--quiet", "--set", *TRAIN_TMA]) == 0
-    assert main(["prepare", "--unstained", str(base / "sample" / "unstained.tiff"), "--stained",
-                 str(base / "sample" / "stained.tiff"), "--out", str(base / "store"), "--config", str(TRAIN_CI_CONFIG),
-                 "--quiet"]) == 0
+    make_sample(base / "sample", load_config(SampleConfig, overrides=TRAIN_TMA))
+    _prepare(base / "store", base / "sample", config=TRAIN_CI_CONFIG)
     store = TileStore.open(base / "store")
     assert {r.split for r in store.rows} == {"train", "val", "test"}, "the training store needs every split"
     assert store.tile_px == 64 and store.channels_in == 2
@@ -124,7 +132,7 @@ def train_bf_store(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def train_config():
     """``make(*overrides)``: the ``train:`` section of configs/ci.yaml, made faster, with --set overrides."""
-    from pipelines.train import load_train_config
+    from stainldm.train.config import load_train_config
 
     def make(*overrides: str):
         return load_train_config(TRAIN_CI_CONFIG, [*TRAIN_FAST, *overrides])
@@ -149,7 +157,9 @@ def train_ae_run(train_store, train_config, tmp_path_factory) -> Path:
 def eval_runs(train_store, train_ae_run, train_config, tmp_path_factory) -> dict[str, Path]:
     """An ldm and a baseline trained on ``train_store`` (configs/ci.yaml, 6 steps) and the store's
     slide stained with the ldm (``pred_ldm``: 1 sampler step, 2 samples, so with an uncertainty map)."""
-    from pipelines.cli import main
+    from stainldm.inference.batch import stain_slides
+    from stainldm.inference.config import StainConfig
+    from stainldm.inference.model import StainModel
     from stainldm.train.loop import Trainer
 
     base = tmp_path_factory.mktemp("eval_runs")
@@ -157,31 +167,33 @@ def eval_runs(train_store, train_ae_run, train_config, tmp_path_factory) -> dict
             autoencoder_run=train_ae_run).train()
     Trainer(kind="baseline", cfg=train_config(), run_dir=base / "baseline", store=train_store, device="cpu").train()
     slide = train_store.parent / "sample" / "unstained.tiff"
-    assert main(["stain", str(slide), "--checkpoint", str(base / "ldm"), "--out", str(base / "pred_ldm"), "--quiet",
-                 "--device", "cpu", "--steps", "1", "--samples", "2"]) == 0
+    outcomes = stain_slides([slide], StainModel.load(base / "ldm", device="cpu"), base / "pred_ldm",
+                            StainConfig(steps=1, samples=2))
+    assert [o.status for o in outcomes] == ["done"]
     return {"store": train_store, "slide": slide, "ldm": base / "ldm", "baseline": base / "baseline",
             "pred_ldm": base / "pred_ldm"}
 
 
 @pytest.fixture(scope="session")
 def eval_report(eval_runs, tmp_path_factory) -> dict:
-    """``stainldm evaluate`` of the ldm prediction, the baseline run (stained on the fly) and the
-    colour map on the test split: ``{"out": folder, "code": exit code, "stdout": printed text}``."""
-    import contextlib
-    import io
-
-    from pipelines.cli import main
+    """The evaluation of the ldm prediction, the baseline run (stained on the fly) and the colour map on
+    the test split, through the library as a notebook would: ``{"out": folder, "result": Evaluation,
+    "summary": summary}`` (``stainldm evaluate``'s own fixture is in tests/pipelines/test_evaluate.py)."""
+    from stainldm.eval.evaluate import EvalData, colour_map_method, evaluate, write_evaluation
+    from stainldm.eval.predictions import load_methods
 
     out = tmp_path_factory.mktemp("eval_report") / "report"
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        code = main(["evaluate", "--pred", str(eval_runs["pred_ldm"]), "--baseline", str(eval_runs["baseline"]),
-                     "--store", str(eval_runs["store"]), "--out", str(out), "--quiet", "--device", "cpu"])
-    return {"out": out, "code": code, "stdout": buf.getvalue()}
+    data = EvalData.open(eval_runs["store"])
+    methods = load_methods(data.unstained, preds=[eval_runs["pred_ldm"]], baselines=[eval_runs["baseline"]], out=out,
+                           device="cpu")
+    methods.append(colour_map_method(data.store, seed=0))
+    result = evaluate(data, methods, gallery_dir=out / "gallery")
+    summary, _ = write_evaluation(out, result, store=eval_runs["store"], split="test")
+    return {"out": out, "result": result, "summary": summary}
 
 
 # ---------------------------------------------------------------------------------------------
-# Staining: the whole pipeline through the CLI once per session, and small unstained slides
+# Staining: the whole pipeline once per session, and small unstained slides
 # ---------------------------------------------------------------------------------------------
 # 2×2 grid of 200 µm cores (a 1720² px, 0.5 µm/px slide). grid.missing=0 matters: with make-sample's
 # default missing core the three left are not dearrayed as a TMA, and configs/ci.yaml's split then
@@ -189,29 +201,31 @@ def eval_report(eval_runs, tmp_path_factory) -> dict:
 STAIN_TMA = ("grid.rows=2", "grid.cols=2", "grid.missing=0", "grid.core_diameter_um=200", "grid.gap_um=60",
              "grid.test_cores=1")
 # configs/ci.yaml's 6 steps, with fewer tiles a step and in validation (as TRAIN_FAST).
-STAIN_TRAIN_FAST = ("--set", "data.batch_size=2", "--set", "val_tiles=2", "--set", "sample_steps=2")
+STAIN_TRAIN_FAST = ("data.batch_size=2", "val_tiles=2", "sample_steps=2")
 
 
 @pytest.fixture(scope="session")
 def stain_runs(tmp_path_factory) -> dict[str, Path]:
-    """``stainldm make-sample -> prepare -> train autoencoder, ldm, baseline`` (configs/ci.yaml), run
-    through the CLI in this process: ``{"sample", "store", "ae", "ldm", "baseline"}`` (~30 s)."""
-    from pipelines.cli import main
+    """make-sample -> prepare -> train autoencoder, ldm, baseline (configs/ci.yaml) through the library:
+    ``{"sample", "store", "ae", "ldm", "baseline"}`` (~30 s)."""
+    from stainldm.config import load_config
+    from stainldm.data.sample_files import make_sample
     from stainldm.data.store import TileStore
+    from stainldm.data.synthetic import SampleConfig
+    from stainldm.train.config import load_train_config, resolve_config
+    from stainldm.train.loop import Trainer
 
     base = tmp_path_factory.mktemp("stain_runs")
     sample, store = base / "sample", base / "store"
-    sets = [a for kv in STAIN_TMA for a in ("--set", kv)]
-    assert main(["make-sample", "--out", str(sample), "--quiet", *sets]) == 0
-    assert main(["prepare", "--unstained", str(sample / "unstained.tiff"), "--stained", str(sample / "stained.tiff"),
-                 "--out", str(store), "--config", str(TRAIN_CI_CONFIG), "--quiet"]) == 0
+    make_sample(sample, load_config(SampleConfig, overrides=STAIN_TMA))
+    _prepare(store, sample, config=TRAIN_CI_CONFIG)
     splits = {r.split for r in TileStore.open(store).rows}
     assert {"train", "val"} <= splits, f"the staining sample needs train and val tiles, got {splits}"
-    common = ["--config", str(TRAIN_CI_CONFIG), "--store", str(store), "--wandb", "disabled", "--device", "cpu",
-              "--quiet", *STAIN_TRAIN_FAST]
-    assert main(["train", "autoencoder", *common, "--out", str(base / "ae")]) == 0
-    assert main(["train", "ldm", *common, "--autoencoder", str(base / "ae"), "--out", str(base / "ldm")]) == 0
-    assert main(["train", "baseline", *common, "--out", str(base / "baseline")]) == 0
+    for kind, run in (("autoencoder", "ae"), ("ldm", "ldm"), ("baseline", "baseline")):
+        ae = base / "ae" if kind == "ldm" else None
+        cfg = resolve_config(load_train_config(TRAIN_CI_CONFIG, STAIN_TRAIN_FAST), store=store, autoencoder_run=ae,
+                             wandb="disabled")
+        Trainer(kind=kind, cfg=cfg, run_dir=base / run, store=store, device="cpu", autoencoder_run=ae).train()
     return {"sample": sample, "store": store, "ae": base / "ae", "ldm": base / "ldm", "baseline": base / "baseline"}
 
 

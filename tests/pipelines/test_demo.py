@@ -1,4 +1,6 @@
-"""``stainldm demo``: the whole chain end to end (configs/ci.yaml), and the shipped demo models."""
+"""``stainldm demo``: the whole chain with the shipped models (what ``make demo`` runs), and with
+``--train`` (configs/ci.yaml; marked slow: each of its stages is trained and tested by faster tests,
+the demo adds export and the resume of training)."""
 
 from __future__ import annotations
 
@@ -30,6 +32,14 @@ def _run(argv: list[str]) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="module")
+def demo_shipped(tmp_path_factory) -> dict:
+    """``stainldm demo``: make-sample, prepare, stain with data/checkpoints, evaluate (as ``make demo``)."""
+    out = tmp_path_factory.mktemp("demo_shipped") / "out"
+    code, stdout = _run(["demo", "--out", str(out), "--device", "cpu", "--quiet"])
+    return {"out": out, "code": code, "stdout": stdout}
+
+
+@pytest.fixture(scope="module")
 def demo_train(tmp_path_factory) -> dict:
     """``stainldm demo --train --config configs/ci.yaml --export``: every stage, CI-sized."""
     out = tmp_path_factory.mktemp("demo") / "out"
@@ -39,9 +49,7 @@ def demo_train(tmp_path_factory) -> dict:
     return {"out": out, "export": export, "code": code, "stdout": stdout}
 
 
-def test_demo_makes_every_artefact_and_each_opens(demo_train):
-    assert demo_train["code"] == 0, demo_train["stdout"][-2000:]
-    out = demo_train["out"]
+def _check_artefacts(out: Path) -> None:
     for slide in ("sample/unstained.tiff", "sample/stained.tiff", "stained/ldm/unstained.tiff",
                   "stained/baseline/unstained.tiff"):
         with open_slide(out / slide) as s:  # opens, and has pixels
@@ -50,13 +58,10 @@ def test_demo_makes_every_artefact_and_each_opens(demo_train):
         assert s.level_count >= 2 and float(s.properties[openslide.PROPERTY_NAME_MPP_X]) == pytest.approx(1.0)
     geo = json.loads((out / "store" / "cores.geojson").read_text())
     assert geo["type"] == "FeatureCollection" and len(geo["features"]) >= 10
-    for kind in ("autoencoder", "ldm", "baseline"):
-        meta = json.loads((out / "runs" / kind / "model.json").read_text())
-        assert meta["kind"] == kind and meta["step"] == 6  # configs/ci.yaml demo: 6 steps each
     report = out / "report"
     html = (report / "report.html").read_text()
-    assert "id='summary'" in html
-    images = re.findall(r"src='([^']+)'", html)
+    assert "id='summary'" in html or 'id="summary"' in html
+    images = re.findall(r"src=['\"]([^'\"]+)['\"]", html)
     assert len(images) > 10 and all((report / src).is_file() for src in images)  # every image beside it
     rows = list(csv.DictReader(open(report / "metrics.csv", newline="")))
     assert {r["method"] for r in rows} == {"LDM", "U-Net baseline", "colour map"}
@@ -64,8 +69,23 @@ def test_demo_makes_every_artefact_and_each_opens(demo_train):
     assert json.loads((report / "metrics.json").read_text())["split"] == "test"
 
 
-def test_demo_prints_the_report_and_a_five_line_summary(demo_train):
-    tail = demo_train["stdout"].split("stainldm demo: done")[1].strip().splitlines()
+def test_demo_with_the_shipped_models_makes_every_artefact_and_each_opens(demo_shipped):
+    assert demo_shipped["code"] == 0, demo_shipped["stdout"][-2000:]
+    _check_artefacts(demo_shipped["out"])
+    assert not (demo_shipped["out"] / "runs").exists()  # nothing trained
+
+
+@pytest.mark.slow
+def test_demo_train_makes_every_artefact_and_each_opens(demo_train):
+    assert demo_train["code"] == 0, demo_train["stdout"][-2000:]
+    _check_artefacts(demo_train["out"])
+    for kind in ("autoencoder", "ldm", "baseline"):
+        meta = json.loads((demo_train["out"] / "runs" / kind / "model.json").read_text())
+        assert meta["kind"] == kind and meta["step"] == 6  # configs/ci.yaml demo: 6 steps each
+
+
+def test_demo_prints_the_report_and_a_five_line_summary(demo_shipped):
+    tail = demo_shipped["stdout"].split("stainldm demo: done")[1].strip().splitlines()
     assert len(tail) == 1 + 5, tail  # the headline, then five lines
     assert tail[1].startswith("report: ") and tail[1].split()[1].endswith("report.html")
     for line, method in zip(tail[2:5], ("LDM", "U-Net baseline", "colour map"), strict=True):
@@ -73,6 +93,17 @@ def test_demo_prints_the_report_and_a_five_line_summary(demo_train):
     assert tail[5].strip().startswith("seconds: make-sample") and "evaluate" in tail[5]
 
 
+def test_rerun_skips_the_finished_sample_store_and_stained_slides(demo_shipped):
+    out = demo_shipped["out"]
+    files = [out / "sample/unstained.tiff", out / "store/tiles.csv", out / "stained/ldm/unstained.tiff",
+             out / "stained/baseline/unstained.tiff"]
+    stamp = {p: p.stat().st_mtime_ns for p in files}
+    code, stdout = _run(["demo", "--out", str(out), "--device", "cpu", "--quiet"])
+    assert code == 0, stdout[-2000:]
+    assert {p: p.stat().st_mtime_ns for p in files} == stamp
+
+
+@pytest.mark.slow
 def test_rerun_skips_finished_training_and_staining(demo_train):
     out = demo_train["out"]
     stamp = {p: p.stat().st_mtime_ns for p in (out / "runs/ldm/model.safetensors",
@@ -84,6 +115,7 @@ def test_rerun_skips_finished_training_and_staining(demo_train):
     assert {p: p.stat().st_mtime_ns for p in stamp} == stamp
 
 
+@pytest.mark.slow
 def test_export_is_half_precision_and_stains_like_the_run(demo_train, tmp_path):
     """The exported (shipped-form) models load, and stain within fp16 rounding of the trained run."""
     from safetensors.torch import load_file
