@@ -23,6 +23,9 @@ class Stream(IntEnum):
     TRAIN_STEP = 4  # a training micro-batch's generator (noise, timesteps, dropout), per rank
     AUGMENT = 5  # one tile's paired augmentation, per epoch
     EPOCH = 6  # an epoch's tile order
+    WORKER = 7  # a data-loader worker's augmentation state, per worker
+    AXIS = 8  # one axis (y 0, x 1) of a jittered window grid
+    VALIDATION = 9  # the validation samples' generator (the same at every validation)
 
 
 def derive_seed(seed: int, stream: Stream, *keys: int, bits: int = 63) -> int:

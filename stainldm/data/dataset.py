@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 from stainldm.data.augment import AugmentConfig, build_paired, jitter_batch
 from stainldm.data.store import TileStore
 from stainldm.files import atomic_write_text
+from stainldm.seeds import Stream, derive_seed
 
 
 def channel_stats(store: TileStore, *, samples: int = 256, seed: int = 0) -> dict:
@@ -83,7 +84,7 @@ class PairedTileDataset(Dataset):
         self._store = TileStore.open(self.root)
         if self.augment_cfg is not None:
             info = torch.utils.data.get_worker_info()
-            self._augment = build_paired(self.augment_cfg, seed=self.seed + (info.id if info else 0) * 1009)
+            self._augment = build_paired(self.augment_cfg, seed=derive_seed(self.seed, Stream.WORKER, info.id if info else 0, bits=31))
 
     def __getitem__(self, k: int) -> dict:
         """Item ``k``; ``k >= len(self)`` encodes an epoch (``k = epoch · len + position``, see
@@ -94,7 +95,7 @@ class PairedTileDataset(Dataset):
         i = int(self.indices[pos])
         u, s = self._store.read(i)
         if self._augment is not None:
-            u, s = self._augment(u, s, seed=(self.seed * 1_000_003 + epoch * 7_919 + i) % 2**31)
+            u, s = self._augment(u, s, seed=derive_seed(self.seed, Stream.AUGMENT, epoch, i, bits=31))
         return {"unstained": torch.from_numpy(np.ascontiguousarray(u.transpose(2, 0, 1))),  # (C_in, H, W)
                 "stained": torch.from_numpy(np.ascontiguousarray(s.transpose(2, 0, 1))),  # (3, H, W)
                 "index": i}
@@ -153,7 +154,7 @@ class EpochSampler(torch.utils.data.Sampler):
             return
         epoch, skip = divmod(self.start, per_rank)
         while True:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            g = torch.Generator().manual_seed(derive_seed(self.seed, Stream.EPOCH, epoch))
             perm = torch.randperm(self.n, generator=g)[self.rank :: self.world].tolist()
             for pos in perm[skip:]:
                 yield epoch * self.n + pos

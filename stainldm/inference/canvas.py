@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from stainldm.seeds import Stream, derive_seed
+
 
 def window_starts(length: int, *, window: int, overlap: int, jitter_seed: int | None = None) -> list[int]:
     """Start positions of the fewest windows covering ``[0, length)`` with at least ``overlap``.
@@ -193,9 +195,9 @@ def window_grid(size_hw: tuple[int, int], *, window: tuple[int, int] | int, over
     """``(y, x)`` starts of all windows (of ``window`` = (wy, wx)) over a canvas of ``size_hw``."""
     wy, wx = (window, window) if isinstance(window, int) else window
     ys = window_starts(size_hw[0], window=wy, overlap=overlap,
-                       jitter_seed=None if jitter_seed is None else 2 * jitter_seed)
+                       jitter_seed=None if jitter_seed is None else derive_seed(jitter_seed, Stream.AXIS, 0))
     xs = window_starts(size_hw[1], window=wx, overlap=overlap,
-                       jitter_seed=None if jitter_seed is None else 2 * jitter_seed + 1)
+                       jitter_seed=None if jitter_seed is None else derive_seed(jitter_seed, Stream.AXIS, 1))
     return [(y, x) for y in ys for x in xs]
 
 

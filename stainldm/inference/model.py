@@ -24,6 +24,7 @@ from stainldm.errors import CheckpointError
 from stainldm.inference.canvas import WindowCost, axis_window, choose_window, decode_tiled, window_grid
 from stainldm.inference.config import StainConfig
 from stainldm.inference.sampling import WindowDenoiser, predict_baseline
+from stainldm.seeds import Stream, derive_seed
 
 SKIP_MARGIN_PX = 32  # windows farther than this from tissue are skipped (beyond the decoder's reach)
 ATTENTION_BUDGET = 2 << 30  # bytes the math attention path may hold per call (SDPA needs no budget)
@@ -205,7 +206,7 @@ class StainModel:
             return [out[i : i + 1, :, :h, :w].expand(cfg.samples, -1, -1, -1) for i, (h, w) in enumerate(sizes)]
         # one item per canvas and sample: the K samples of a canvas are batched like canvases
         canvas_of = [i for i in range(len(xs)) for _ in range(cfg.samples)]
-        item_seeds = [seeds[i] * 1_000 + k for i in range(len(xs)) for k in range(cfg.samples)]
+        item_seeds = [derive_seed(seeds[i], Stream.SAMPLE, k) for i in range(len(xs)) for k in range(cfg.samples)]
         own = [(p[0] // self.f, p[1] // self.f) for p in padded]  # each canvas's latent size alone
         out = self._ldm_batch(x, cfg, canvas_of=canvas_of, seeds=item_seeds, near=near, shown=shown, own=own)
         k = cfg.samples

@@ -21,6 +21,7 @@ import torch
 from stainldm.inference.canvas import fuse_windows, window_grid, window_weight
 from stainldm.inference.config import StainConfig
 from stainldm.models.ldm import Condition
+from stainldm.seeds import Stream, derive_seed
 
 if TYPE_CHECKING:
     from stainldm.inference.model import StainModel
@@ -111,7 +112,7 @@ class WindowDenoiser:
         by its own seed and the step, so they move at every step."""
         out: list[Window] = []
         for n, seed in enumerate(self.seeds):
-            grid = window_grid(self.size_hw, window=self.window, overlap=self.overlap, jitter_seed=seed * 997 + step)
+            grid = window_grid(self.size_hw, window=self.window, overlap=self.overlap, jitter_seed=derive_seed(seed, Stream.JITTER, step))
             out += [(n, y, x) for y, x in windows_near(grid, self.window, self.near[self.canvas_of[n]])]
         return out
 

@@ -34,6 +34,7 @@ from stainldm.errors import InputError
 from stainldm.files import atomic_write_png, atomic_write_text
 from stainldm.inference.config import CANVAS_BLEND_PX, StainConfig, check_stain_config
 from stainldm.inference.model import SKIP_MARGIN_PX, StainModel
+from stainldm.seeds import Stream, derive_seed
 from stainldm.wsi.reader import SlideReader
 from stainldm.wsi.tissue import slide_mask
 from stainldm.wsi.writer import write_pyramid
@@ -196,7 +197,7 @@ def stain_slide(slide: SlideReader, model: StainModel, out: Path, cfg: StainConf
         std = zarr.create_array(str(work / "std.zarr"), shape=(out_h, out_w, 1), chunks=(512, 512, 1),
                                 dtype="float32", fill_value=0.0) if cfg.samples > 1 else None
         canvases = region_canvases(regions, (out_w, out_h), cfg)
-        seeds = {c: (cfg.seed * 100_003 + ci) % 2**31 for ci, c in enumerate(canvases)}  # by raster index
+        seeds = {c: derive_seed(cfg.seed, Stream.CANVAS, ci) for ci, c in enumerate(canvases)}  # by raster index
         batches = batch_canvases(model, regions, (out_w, out_h), cfg)
         grown = _grown_mask(mask, cfg, out_mpp=out_mpp)  # once per slide, not per canvas
         if progress is not None:

@@ -41,6 +41,7 @@ from stainldm.device import autocast, bf16_supported, describe, resolve_device, 
 from stainldm.errors import CheckpointError, ConfigError, InputError, RunError
 from stainldm.models._runtime import enable_checkpointing
 from stainldm.models.runs import save_weights, write_model_json
+from stainldm.seeds import Stream, derive_seed
 from stainldm.train import checkpoint as ckpt
 from stainldm.train._distributed import average_buffers, init_distributed
 from stainldm.train._optim import ema_update, lr_lambda
@@ -225,7 +226,7 @@ class Trainer:
 
     def _generator(self, step: int, micro: int) -> torch.Generator:
         g = torch.Generator(device=self.device)
-        g.manual_seed((self.cfg.seed * 1_000_003 + step * 1_009 + micro * 17 + self.rank * 7_919) % 2**63)
+        g.manual_seed(derive_seed(self.cfg.seed, Stream.TRAIN_STEP, step, micro, self.rank))
         return g
 
     def train(self, *, progress: bool = False, until: int | None = None) -> dict[str, Any]:
@@ -373,7 +374,7 @@ class Trainer:
         u = torch.stack([b["unstained"] for b in batch]).to(self.device)
         s = torch.stack([b["stained"] for b in batch]).to(self.device)
         x, y = self.val_prep({"unstained": u, "stained": s})
-        g = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
+        g = torch.Generator(device=self.device).manual_seed(derive_seed(self.cfg.seed, Stream.VALIDATION))
         inputs = self.task.validation_input(x, y)
         pred = torch.cat([self.predict(inputs[start : start + 8], generator=g) for start in range(0, n, 8)])
         psnr, ssim = psnr_ssim(pred, y)
