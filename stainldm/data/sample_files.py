@@ -53,6 +53,9 @@ def make_sample(out: Path, cfg: SampleConfig, *, source: str | Path = DEFAULT_SO
     """
     out = _writable_folder(Path(out))
     with open_slide(source, mpp=source_mpp) as slide:
+        if slide.mpp is None:  # make_tma_pair says so too; here the parameter to pass is ours
+            raise InputError(f"{slide.name}: the source slide does not record its resolution (mpp); use a slide "
+                             "that does, or pass `source_mpp`")
         provenance = {
             "source": slide.name,
             "source_sha256": sha256_file(source),

@@ -56,7 +56,7 @@ class EvalData:
     modality: str
 
     @classmethod
-    def open(cls, store: Path, *, split: str = "test") -> EvalData:
+    def open(cls, store: str | Path, *, split: str = "test") -> EvalData:
         """Opens the store and finds the split's cores and their unstained slides.
 
         Raises:
@@ -70,6 +70,7 @@ class EvalData:
         from stainldm.data.store import TileStore, read_pairs
         from stainldm.wsi.tissue import TissueConfig
 
+        store = Path(store)
         tiles = TileStore.open(store)
         cores = split_cores(tiles, split)  # the store refuses a split without tiles
         pairs = read_pairs(store / "pairs.csv")

@@ -163,8 +163,9 @@ def check_sources(unstained: dict[str, Path], *, preds: Sequence[Path], baseline
             read_prediction_dir(b, unstained, param="baseline")
 
 
-def load_methods(unstained: dict[str, Path], *, preds: Sequence[Path], baselines: Sequence[Path] = (),
-                 out: Path, device: str = "auto", progress: Callable[[Path], Any] | None = None) -> list[Method]:
+def load_methods(unstained: dict[str, Path], *, preds: Sequence[str | Path], baselines: Sequence[str | Path] = (),
+                 out: str | Path, device: str = "auto", progress: Callable[[Path], Any] | None = None
+                 ) -> list[Method]:
     """The prediction methods, named for the report: each ``preds`` folder, then each baseline.
 
     Args:
@@ -181,7 +182,8 @@ def load_methods(unstained: dict[str, Path], *, preds: Sequence[Path], baselines
     """
     methods: list[Method] = []
     taken: set[str] = set()
-    for folder, is_baseline in [(p, False) for p in preds] + [(b, True) for b in baselines]:
+    out = Path(out)
+    for folder, is_baseline in [(Path(p), False) for p in preds] + [(Path(b), True) for b in baselines]:
         if is_baseline and is_run(folder):
             folder = stain_baseline(folder, unstained, out, device=device, progress=progress)
         found = read_prediction_dir(folder, unstained, param="baseline" if is_baseline else "pred")

@@ -261,7 +261,14 @@ def render_report(*, rows: Sequence[CoreRow], summary: Mapping, gallery: Sequenc
         comparisons=summary["comparisons"], labels={m.name: m.label for m in METRICS},
         reference=summary["reference"], errors=list(dict.fromkeys(context.errors)), figures=figures,
         per_core=per_core, gallery=_gallery_cores(gallery), error_vmax=ERROR_VMAX,
-        provenance=provenance, settings=settings, definitions=DEFINITIONS)
+        provenance=provenance, settings=settings, definitions=DEFINITIONS,
+        ranked_labels=_and([m.label.removesuffix(f" ({m.unit})") for m in METRICS if m.ranked]),
+        target_labels=_and([m.label for m in METRICS if m.shown and m.target is not None]))
+
+
+def _and(names: Sequence[str]) -> str:
+    """``a, b and c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def write_report(out: Path, *, rows: Sequence[CoreRow], summary: Mapping, gallery: Sequence[Mapping],

@@ -28,16 +28,17 @@ _UNITS_PER_UM = {2: 1 / 25400.0, 3: 1 / 10000.0}
 
 
 def mpp_tuple(mpp: float | Sequence[float] | None) -> tuple[float, float] | None:
-    """``(x, y)`` µm per pixel from one number or a pair; None stays None.
+    """``(x, y)`` µm per pixel from one number, a one-element sequence or a pair; None stays None.
 
     Raises:
-        InputError: a value is not a positive finite number.
+        InputError: not one or two values, or a value is not a positive finite number.
     """
     if mpp is None:
         return None
-    if isinstance(mpp, (int, float)):
-        mpp = (float(mpp), float(mpp))
-    mx, my = float(mpp[0]), float(mpp[1])
+    values = [float(mpp)] if isinstance(mpp, (int, float)) else [float(v) for v in mpp]
+    if len(values) not in (1, 2):
+        raise InputError(f"`mpp` must be one number or an (x, y) pair, got {mpp}")
+    mx, my = values if len(values) == 2 else values * 2
     if not (mx > 0 and my > 0 and math.isfinite(mx) and math.isfinite(my)):
         raise InputError(f"`mpp` must be positive, got {mpp}")
     return mx, my

@@ -53,7 +53,7 @@ def test_a_split_without_tiles_is_refused(train_bf_store):
 # The whole evaluation from Python, on the shared trained runs
 # ---------------------------------------------------------------------------------------------
 def test_evaluate_from_python_returns_typed_rows(eval_runs, tmp_path):
-    data = EvalData.open(eval_runs["store"], split="test")
+    data = EvalData.open(str(eval_runs["store"]), split="test")  # plain strings, as typed in a notebook
     assert data.slide_ids == ["sample"] and data.unstained["sample"].name == "unstained.tiff"
     assert data.tile_mpp == 1.0 and set(data.slide_cores("sample")) == {c for _, c in data.cores}
     # The same prediction twice (the second a copy that lost its slide): one evaluates, one is missing.
@@ -62,7 +62,7 @@ def test_evaluate_from_python_returns_typed_rows(eval_runs, tmp_path):
     for p in list(other.iterdir()):
         p.rename(p.with_name(p.name.replace("unstained", "another")))
     (other / "another.json").write_text('{"input": "/elsewhere/another.tiff", "model_kind": "ldm", "steps": 1}')
-    methods = load_methods(data.unstained, preds=[eval_runs["pred_ldm"], other], out=tmp_path / "out")
+    methods = load_methods(data.unstained, preds=[str(eval_runs["pred_ldm"]), other], out=str(tmp_path / "out"))
     methods.append(colour_map_method(data.store, seed=0))
     ticks = []
     result = evaluate(data, methods, progress=ticks.append)

@@ -189,7 +189,8 @@ def test_source_without_mpp_then_with_too_little_tissue(tmp_path, capsys):
     canvas[700:800, 700:800] = (150, 60, 140)  # a speck of tissue
     cv2.imwrite(str(png), canvas)
     assert main(["make-sample", "--out", str(tmp_path / "o"), "--source", str(png), *SMALL]) == 2
-    assert "mpp" in _one_error_line(capsys)
+    assert "does not record its resolution (mpp); use a slide that does, or pass --source-mpp" in \
+        _one_error_line(capsys)
     assert main(["make-sample", "--out", str(tmp_path / "o"), "--source", str(png), "--source-mpp", "0.5",
                  *SMALL]) == 2
     line = _one_error_line(capsys)

@@ -35,6 +35,10 @@ def test_mpp_tuple_normalises_and_refuses_non_positive():
     assert mpp_tuple(None) is None
     assert mpp_tuple(0.5) == (0.5, 0.5)
     assert mpp_tuple((0.25, 0.3)) == (0.25, 0.3)
+    assert mpp_tuple([0.4]) == (0.4, 0.4)  # one value: square pixels
+    for bad in ((), (0.5, 0.5, 0.5)):
+        with pytest.raises(InputError, match="one number or an"):
+            mpp_tuple(bad)
     for bad in (0, -1, (0.5, float("nan")), (float("inf"), 1.0)):
         with pytest.raises(InputError, match="`mpp` must be positive"):
             mpp_tuple(bad)
@@ -64,6 +68,8 @@ def test_description_mpp_prefers_our_json_then_aperio():
     assert description_mpp("Aperio Image Library v10|AppMag = 20|MPP = 0.4990|Filename = x") == (0.499, 0.499)
     # A JSON value that says nothing usable falls through to the Aperio key, then to nothing.
     assert description_mpp(json.dumps({"mpp": None})) is None
+    assert description_mpp(json.dumps({"mpp": [0.45]})) == (0.45, 0.45)  # was an IndexError
+    assert description_mpp(json.dumps({"mpp": [], "note": "MPP = 0.3"})) == (0.3, 0.3)
     assert description_mpp(json.dumps({"mpp": -1, "note": "MPP = 0.3"})) == (0.3, 0.3)
     assert description_mpp("{not json MPP = 0.7") == (0.7, 0.7)
     assert description_mpp("MPP = 0") is None
