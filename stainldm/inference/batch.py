@@ -217,7 +217,7 @@ def stain_provenance(model: StainModel, cfg: StainConfig) -> dict[str, Any]:
             "steps": cfg.steps, "guidance": cfg.guidance, "seed": cfg.seed, "samples": cfg.samples}
 
 
-def stain_slides(slides: Sequence[Path], model: StainModel, out: Path, cfg: StainConfig, *,
+def stain_slides(slides: Sequence[str | Path], model: StainModel, out: str | Path, cfg: StainConfig, *,
                  mpp: float | None = None, progress: Callable[[Path], Any] | None = None,
                  raise_errors: bool = False) -> Iterator[SlideOutcome]:
     """Stains ``slides`` into the folder ``out`` and records each in ``out/manifest.csv``.
@@ -247,6 +247,7 @@ def stain_slides(slides: Sequence[Path], model: StainModel, out: Path, cfg: Stai
             not a writable folder.
     """
     check_stain_config(cfg)
+    out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
@@ -257,7 +258,7 @@ def stain_slides(slides: Sequence[Path], model: StainModel, out: Path, cfg: Stai
     if model.kind == "ldm":
         model.net.schedule.inference_timesteps(cfg.steps)  # names `steps` when the schedule has fewer
     provenance = stain_provenance(model, cfg)
-    return _stain_each(list(slides), model, out, cfg, mpp=mpp, progress=progress, raise_errors=raise_errors,
+    return _stain_each([Path(s) for s in slides], model, out, cfg, mpp=mpp, progress=progress, raise_errors=raise_errors,
                        provenance=provenance)
 
 
