@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     with tqdm(total=len(data.cores), desc="evaluate", unit="core", disable=args.quiet) as bar:
         result = evaluate(data, methods, match_radius=args.match_radius, fid=fid, seed=args.seed,
-                          gallery_dir=out / "gallery", gallery=args.gallery, progress=bar.update)
+                          n_boot=args.bootstrap, gallery_dir=out / "gallery", gallery=args.gallery, progress=bar.update)
 
     summary, html = write_evaluation(out, result, store=args.store, split=args.split, seed=args.seed,
                                      n_boot=args.bootstrap, match_radius=args.match_radius)

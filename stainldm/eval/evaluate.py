@@ -256,12 +256,14 @@ def _evaluate_core(data: EvalData, src: _SlideSources, core: str, methods: Seque
                    ) -> _CoreResult:
     """Every method on one core: a row each, and the virtual H&E of those that stained it."""
     from stainldm.eval.metrics import core_metrics, hed_densities, seam_score
+    from stainldm.eval.realism import core_realism, nuclei_morphology
 
     sid, tile_mpp = src.sid, data.tile_mpp
     c = assemble_core(data.store, sid, core, data.cores[(sid, core)], step=src.step)
     tissue = core_tissue(c, src.mask, step=src.step, slide_mpp=src.slide_mpp, mask_mpp=data.tissue.mask_mpp)
     tissue_px = int(tissue.sum())
     hed_real = hed_densities(c.real)
+    morph_real = nuclei_morphology(hed_real, tissue, mpp=tile_mpp, cfg=nuclei)  # shared by the methods
     res = _CoreResult([], [], {}, c, tissue)
     for m in methods:
         pred = src.preds.get(m.name)
@@ -278,7 +280,11 @@ def _evaluate_core(data: EvalData, src: _SlideSources, core: str, methods: Seque
             res.rows.append(CoreRow.make(m.name, sid, core, "missing: core not stained in the prediction",
                                          tissue_px=tissue_px))
             continue
-        values = core_metrics(virtual, c.real, tissue, mpp=tile_mpp, nuclei=nuclei, hed_target=hed_real)
+        hed_virtual = hed_densities(virtual)
+        values = core_metrics(virtual, c.real, tissue, mpp=tile_mpp, nuclei=nuclei, hed_target=hed_real,
+                              hed_pred=hed_virtual)
+        values.update(core_realism(virtual, c.real, tissue, mpp=tile_mpp, hed_pred=hed_virtual, hed_target=hed_real,
+                                   nuclei=nuclei, target_morphology=morph_real))
         if m.name in src.borders:
             bx, by = src.borders[m.name]
             values["seam_score"] = seam_score(virtual, tissue, borders_x=pred.to_core_px(bx, c),
@@ -292,7 +298,7 @@ def _evaluate_core(data: EvalData, src: _SlideSources, core: str, methods: Seque
 # The evaluation
 # ---------------------------------------------------------------------------------------------
 def evaluate(data: EvalData, methods: Sequence[Method], *, match_radius: float = 4.0, fid: FidModel | None = None,
-             seed: int = 0, gallery_dir: Path | None = None, gallery: int = 24,
+             seed: int = 0, n_boot: int = 2000, gallery_dir: Path | None = None, gallery: int = 24,
              progress: Callable[[int], Any] | None = None) -> Evaluation:
     """Evaluates every method on every core of ``data``.
 
@@ -301,7 +307,8 @@ def evaluate(data: EvalData, methods: Sequence[Method], *, match_radius: float =
         methods: the methods (:func:`~stainldm.eval.predictions.load_methods`, :func:`colour_map_method`).
         match_radius: nuclei match radius in µm.
         fid: the FID/KID feature model; None skips FID/KID.
-        seed: KID's subset seed.
+        seed: KID's subset and bootstrap seed.
+        n_boot: KID's bootstrap resamples (over cores: :func:`~stainldm.eval.fid.kid_bootstrap`).
         gallery_dir: where the first ``gallery`` cores' panels are saved (PNG); None saves none.
         gallery: how many cores the gallery shows.
         progress: called with 1 after each core (``tqdm.update``).
@@ -322,7 +329,7 @@ def evaluate(data: EvalData, methods: Sequence[Method], *, match_radius: float =
     entries: list[dict] = []
     errors: list[str] = []
     notes: dict[str, list[str]] = {}
-    features: dict[str, list[np.ndarray]] = {}
+    features: dict[str, dict[tuple[str, str], np.ndarray]] = {}  # method -> core -> patch features
     for sid in data.slide_ids:
         done: set[str] = set()
         try:
@@ -337,8 +344,8 @@ def evaluate(data: EvalData, methods: Sequence[Method], *, match_radius: float =
                     errors += res.errors
                     if fid is not None:  # patches at the store's tiles, as the model saw them; then the real ones
                         for name, (virtual, _) in res.panels.items():
-                            _add_features(features, name, fid, tile_patches(virtual, res.core, tile_px))
-                        _add_features(features, REAL, fid, tile_patches(res.core.real, res.core, tile_px))
+                            _add_features(features, name, (sid, core), fid, tile_patches(virtual, res.core, tile_px))
+                        _add_features(features, REAL, (sid, core), fid, tile_patches(res.core.real, res.core, tile_px))
                     if gallery_dir is not None and len(entries) < gallery:
                         entries.append(save_core_panels(gallery_dir, res.core.key, unstained=res.core.unstained,
                                                         real=res.core.real, tissue=res.tissue, virtual=res.panels,
@@ -355,12 +362,14 @@ def evaluate(data: EvalData, methods: Sequence[Method], *, match_radius: float =
                         progress(1)
     names = [m.name for m in methods]
     return Evaluation(list(methods), rows, entries, list(dict.fromkeys(errors)), notes,
-                      fid_kid(features, names, seed=seed) if fid is not None else None, tile_mpp, len(data.cores))
+                      fid_kid(features, names, seed=seed, n_boot=n_boot) if fid is not None else None, tile_mpp,
+                      len(data.cores))
 
 
-def _add_features(features: dict[str, list[np.ndarray]], name: str, fid: FidModel, patches: list[np.ndarray]) -> None:
+def _add_features(features: dict[str, dict[tuple[str, str], np.ndarray]], name: str, core: tuple[str, str],
+                  fid: FidModel, patches: list[np.ndarray]) -> None:
     if patches:
-        features.setdefault(name, []).append(fid.features(patches))
+        features.setdefault(name, {})[core] = fid.features(patches)
 
 
 # ---------------------------------------------------------------------------------------------

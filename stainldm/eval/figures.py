@@ -21,7 +21,8 @@ from stainldm.eval.table import CoreRow, metric, plotted
 from stainldm.files import atomic_write_bytes
 
 ERROR_VMAX = 100.0  # |error| colour scale (mean over channels, 0–255 units), the same for every core
-STEPS_METRICS = ("psnr", "ssim", "lab_w", "nuclei_f1")  # the quality-against-steps panels
+STEPS_METRICS = ("psnr", "ssim", "lab_w", "nuclei_f1", "sharpness_ratio")  # the quality-against-steps panels
+COMPARE_PX = 256  # the side-by-side detail crop: native pixels, shown 1:1
 
 
 class Figure(NamedTuple):
@@ -59,13 +60,27 @@ def _colours(methods: Sequence[str]) -> dict:
     return {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
 
 
+def _panels(n: int, *, cols: int = 4, height: float = 3.75):
+    """A figure of ``n`` panels in rows of ``cols``; the unused axes are hidden. Returns ``(fig, axes)``."""
+    plt = _pyplot()
+    rows = max(1, math.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, height * rows), squeeze=False)
+    for ax in axes.ravel()[n:]:
+        ax.set_visible(False)
+    return fig, axes.ravel()[:n]
+
+
+def _title(k: str) -> str:
+    m = metric(k)
+    return f"{m.label} ({m.direction})" if m.direction else m.label
+
+
 def distributions_figure(path: Path, rows: Sequence[CoreRow], methods: Sequence[str], summary: Mapping) -> Figure:
     """Per plotted metric: each method's per-core values (dots), quartiles and mean with its 95% CI."""
-    plt = _pyplot()
     colours = _colours(methods)
     ok = [r for r in rows if r.ok]
-    fig, axes = plt.subplots(2, 4, figsize=(16, 7.5))
-    for ax, k in zip(axes.ravel(), plotted(), strict=True):
+    fig, axes = _panels(len(plotted()))
+    for ax, k in zip(axes, plotted(), strict=True):
         data = [[r.value(k) for r in ok if r.method == m and math.isfinite(r.value(k))] for m in methods]
         pos = [i for i, d in enumerate(data) if d]
         if pos:
@@ -78,7 +93,9 @@ def distributions_figure(path: Path, rows: Sequence[CoreRow], methods: Sequence[
                 ax.errorbar(i + 0.32, s["mean"], yerr=[[s["mean"] - s["lo"]], [s["hi"] - s["mean"]]], fmt="D",
                             color="black", ms=4, capsize=3)
         ax.set_xticks(range(len(methods)), [_short(m) for m in methods], rotation=20, ha="right", fontsize=8)
-        ax.set_title(f"{metric(k).label} ({metric(k).direction})", fontsize=10)
+        if metric(k).target is not None:
+            ax.axhline(metric(k).target, color="grey", lw=0.8, ls="--")
+        ax.set_title(_title(k), fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle("Per-core values (dots), quartiles (boxes), mean with bootstrap 95% CI (black)")
     fig.tight_layout()
@@ -88,13 +105,12 @@ def distributions_figure(path: Path, rows: Sequence[CoreRow], methods: Sequence[
 
 def per_core_figure(path: Path, rows: Sequence[CoreRow], methods: Sequence[str]) -> Figure:
     """Per plotted metric: every method's value on every core, side by side."""
-    plt = _pyplot()
     colours = _colours(methods)
     ok = [r for r in rows if r.ok]
     cores = sorted({r.key for r in rows})
     one_slide = len({s for s, _ in cores}) == 1
-    fig, axes = plt.subplots(2, 4, figsize=(16, 7.5))
-    for ax, k in zip(axes.ravel(), plotted(), strict=True):
+    fig, axes = _panels(len(plotted()))
+    for ax, k in zip(axes, plotted(), strict=True):
         for j, m in enumerate(methods):
             vals = {r.key: r.value(k) for r in ok if r.method == m}
             y = [vals.get(c, math.nan) for c in cores]
@@ -104,7 +120,7 @@ def per_core_figure(path: Path, rows: Sequence[CoreRow], methods: Sequence[str])
                       rotation=90 if len(cores) > 12 else 0, fontsize=7)
         ax.set_title(metric(k).label, fontsize=10)
         ax.grid(alpha=0.3)
-    axes.ravel()[0].legend(fontsize=7)
+    axes[0].legend(fontsize=7)
     fig.suptitle("Per core: each method on the same cores (missing points: core not evaluated)")
     fig.tight_layout()
     return _save(fig, path, "Per-core metrics",
@@ -123,7 +139,7 @@ def steps_figure(path: Path, summary: Mapping, steps: Sequence[tuple[int, str]],
     plt = _pyplot()
     steps = sorted(steps)
     xs = [s for s, _ in steps]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
+    fig, axes = plt.subplots(1, len(STEPS_METRICS), figsize=(4 * len(STEPS_METRICS), 3.8))
     for ax, k in zip(axes, STEPS_METRICS, strict=True):
         stats = [summary["metrics"][n][k] for _, n in steps]
         ax.plot(xs, [s["mean"] for s in stats], "o-", color="C0")
@@ -216,7 +232,11 @@ def _detail_centre(tissue: np.ndarray, size: int) -> tuple[int, int]:
 
 def save_core_panels(folder: Path, key: str, *, unstained: np.ndarray, real: np.ndarray, tissue: np.ndarray,
                      virtual: Mapping[str, tuple[np.ndarray, np.ndarray | None]], mpp: float) -> dict:
-    """Writes one core's panels (full size, plus a 1:1 detail crop of the centre) as PNGs.
+    """Writes one core's panels (full size, plus a detail crop) and a side-by-side 1:1 detail as PNGs.
+
+    The side-by-side detail is the same :data:`COMPARE_PX` box of the real and of every virtual H&E
+    (the most tissue-filled one), cut at the images' native pixels with no resampling, for the
+    report to show 1:1: blur and invented texture are judged there, not in a thumbnail.
 
     Args:
         folder: the gallery folder (``OUT/gallery``); links are relative to its parent.
@@ -226,7 +246,8 @@ def save_core_panels(folder: Path, key: str, *, unstained: np.ndarray, real: np.
         mpp: µm per pixel of the images (the detail crop is smaller for coarse images).
 
     Returns:
-        A gallery entry: the core's key, size, and relative image paths per panel.
+        A gallery entry: the core's key, size, relative image paths per panel, and ``compare``: the
+        side-by-side crop's size ``[w, h]`` and paths (``real``, then ``methods``: name -> path).
     """
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", key)
     d = folder / slug
@@ -244,13 +265,25 @@ def save_core_panels(folder: Path, key: str, *, unstained: np.ndarray, real: np.
         rel = f"{folder.name}/{slug}"
         return {"full": f"{rel}/{full.name}", "detail": f"{rel}/{part.name}"}
 
+    cy, cx = _detail_centre(tissue, COMPARE_PX)
+    y0, x0 = max(0, min(cy - COMPARE_PX // 2, h - COMPARE_PX)), max(0, min(cx - COMPARE_PX // 2, w - COMPARE_PX))
+    box = (slice(y0, y0 + COMPARE_PX), slice(x0, x0 + COMPARE_PX))
+
+    def save_compare(name: str, img: np.ndarray) -> str:
+        path = d / f"{name}.compare.png"
+        _write_png(path, np.ascontiguousarray(img[box]))
+        return f"{folder.name}/{slug}/{path.name}"
+
     entry = {"key": key, "size_wh": [w, h], "mpp": mpp, "detail_px": detail,
-             "unstained": save("unstained", preview_unstained(unstained)), "real": save("real", real), "methods": {}}
+             "unstained": save("unstained", preview_unstained(unstained)), "real": save("real", real), "methods": {},
+             "compare": {"size_wh": [min(w, COMPARE_PX), min(h, COMPARE_PX)], "xy": [x0, y0],
+                         "real": save_compare("real", real), "methods": {}}}
     for i, (name, (img, unc)) in enumerate(virtual.items()):
         err = np.abs(img.astype(np.float32) - real.astype(np.float32)).mean(axis=2)
         m = {"virtual": save(f"m{i}.virtual", img),
              "error": save(f"m{i}.error", _colourise(err, tissue, vmax=ERROR_VMAX, cmap="magma")),
              "mae": float(err[tissue].mean()) if tissue.any() else math.nan, "uncertainty": None}
+        entry["compare"]["methods"][name] = save_compare(f"m{i}", img)
         if unc is not None:
             vmax = float(np.percentile(unc[tissue], 99)) if tissue.any() else float(unc.max())
             m["uncertainty"] = save(f"m{i}.uncertainty", _colourise(unc, tissue, vmax=vmax or 1.0, cmap="viridis"))

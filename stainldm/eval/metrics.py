@@ -122,45 +122,64 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
 # ---------------------------------------------------------------------------------------------
 # Nuclei
 # ---------------------------------------------------------------------------------------------
-def segment_nuclei(haematoxylin: np.ndarray, mask: np.ndarray, *, mpp: float,
-                   cfg: NucleiConfig = NucleiConfig()) -> np.ndarray:
-    """Nucleus centres ``(N, 2)`` as (x, y) pixels, from the haematoxylin density of one image.
+def label_nuclei(haematoxylin: np.ndarray, mask: np.ndarray, *, mpp: float,
+                 cfg: NucleiConfig = NucleiConfig()) -> np.ndarray:
+    """Nuclei of one image as an ``(H, W)`` int32 label image (0 background, 1..N nuclei).
 
-    Otsu threshold over the tissue pixels of the smoothed density, small objects removed, touching
-    nuclei split by a watershed on the distance transform (seeds at least ``min_distance_um`` apart).
+    Otsu threshold over the tissue pixels of the smoothed haematoxylin density, small objects
+    removed, touching nuclei split by a watershed on the distance transform (seeds at least
+    ``min_distance_um`` apart); watershed regions smaller than ``min_area_um2`` are dropped and the
+    rest numbered consecutively.
     """
     from skimage.feature import peak_local_max
     from skimage.filters import threshold_otsu
     from skimage.segmentation import watershed
 
+    empty = np.zeros(mask.shape, np.int32)
     h = ndi.gaussian_filter(haematoxylin.astype(np.float32), cfg.smooth_um / mpp)
     vals = h[mask]
     if vals.size < 16 or float(vals.max() - vals.min()) < 1e-6:
-        return np.zeros((0, 2))
+        return empty
     t = float(threshold_otsu(vals))
     above, below = vals[vals > t], vals[vals <= t]
     if above.size == 0 or below.size == 0 or float(above.mean() - below.mean()) < cfg.min_contrast:
-        return np.zeros((0, 2))
+        return empty
     fg = (h > t) & mask
     min_px = max(1, round(cfg.min_area_um2 / mpp**2))
     labels, n = ndi.label(fg)
     if n == 0:
-        return np.zeros((0, 2))
+        return empty
     sizes = np.bincount(labels.ravel())
     fg &= (sizes >= min_px)[labels]
     dist = ndi.distance_transform_edt(fg)
     labels, _ = ndi.label(fg)
     peaks = peak_local_max(dist, min_distance=max(1, round(cfg.min_distance_um / mpp)), labels=labels,
                            exclude_border=False)
+    if len(peaks) == 0:
+        return empty
     markers = np.zeros(fg.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     seg = watershed(-dist, markers, mask=fg)
-    idx = np.arange(1, len(peaks) + 1)
-    areas = ndi.sum_labels(np.ones_like(seg), seg, idx)
-    keep = idx[areas >= min_px]
-    if keep.size == 0:
+    areas = np.bincount(seg.ravel(), minlength=len(peaks) + 1)
+    keep = areas >= min_px
+    keep[0] = False
+    relabel = np.zeros(len(areas), np.int32)
+    relabel[keep] = np.arange(1, int(keep.sum()) + 1)
+    return relabel[seg]
+
+
+def segment_nuclei(haematoxylin: np.ndarray, mask: np.ndarray, *, mpp: float,
+                   cfg: NucleiConfig = NucleiConfig()) -> np.ndarray:
+    """Nucleus centres ``(N, 2)`` as (x, y) pixels, from the haematoxylin density of one image.
+
+    The centres of mass of :func:`label_nuclei`'s nuclei.
+    """
+    seg = label_nuclei(haematoxylin, mask, mpp=mpp, cfg=cfg)
+    n = int(seg.max())
+    if n == 0:
         return np.zeros((0, 2))
-    yx = np.asarray(ndi.center_of_mass(np.ones_like(seg), seg, keep), dtype=np.float64).reshape(-1, 2)
+    yx = np.asarray(ndi.center_of_mass(np.ones_like(seg), seg, np.arange(1, n + 1)),
+                    dtype=np.float64).reshape(-1, 2)
     return yx[:, ::-1].copy()
 
 
@@ -242,7 +261,8 @@ def seam_score(img: np.ndarray, mask: np.ndarray, *, borders_x: Sequence[int], b
 # One core
 # ---------------------------------------------------------------------------------------------
 def core_metrics(pred: np.ndarray, target: np.ndarray, mask: np.ndarray, *, mpp: float,
-                 nuclei: NucleiConfig = NucleiConfig(), hed_target: np.ndarray | None = None) -> dict[str, float]:
+                 nuclei: NucleiConfig = NucleiConfig(), hed_target: np.ndarray | None = None,
+                 hed_pred: np.ndarray | None = None) -> dict[str, float]:
     """All per-core metrics of a virtual (``pred``) against the real H&E (``target``) on ``mask``.
 
     Args:
@@ -250,11 +270,12 @@ def core_metrics(pred: np.ndarray, target: np.ndarray, mask: np.ndarray, *, mpp:
         mask: ``(H, W)`` bool tissue mask.
         mpp: µm per pixel (nuclei sizes and the match radius are physical).
         hed_target: ``hed_densities(target)`` when already computed (shared by the methods).
+        hed_pred: ``hed_densities(pred)`` when already computed.
     """
     if pred.shape != target.shape or mask.shape != target.shape[:2]:
         raise ValueError(f"core_metrics: shapes differ: `pred` {pred.shape}, `target` {target.shape}, "
                          f"`mask` {mask.shape}")
-    hp = hed_densities(pred)
+    hp = hed_densities(pred) if hed_pred is None else hed_pred
     ht = hed_densities(target) if hed_target is None else hed_target
     lw = lab_wasserstein(pred, target, mask)
     h_corr, e_corr = stain_correlation(pred, target, mask, hed_pred=hp, hed_target=ht)

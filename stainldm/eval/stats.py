@@ -15,9 +15,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from stainldm.eval.table import CoreRow, metric, ranked, with_ci
+from stainldm.eval.table import CoreRow, compared, metric, ranked, with_ci
 
 VERDICTS = ("wins", "loses", "no clear difference", "too few cores")
+BLURRIER, NOISIER = 0.8, 1.25  # sharpness ratio CI wholly below / above: "blurrier" / "noisier than real H&E"
 
 
 def bootstrap_ci(values: Sequence[float], *, n_boot: int = 2000, seed: int = 0, level: float = 0.95
@@ -57,6 +58,8 @@ def mean_ranks(means: Mapping[str, Mapping[str, float]], methods: Sequence[str])
 
     Args:
         means: method -> metric -> mean over cores; a non-finite mean is left out of that metric's ranks.
+            A metric best at a target (the sharpness ratio) ranks by the mean's distance from it
+            (:meth:`~stainldm.eval.table.Metric.rank_value`).
         methods: the methods to rank, in display order (ties keep it).
 
     Returns:
@@ -64,8 +67,9 @@ def mean_ranks(means: Mapping[str, Mapping[str, float]], methods: Sequence[str])
     """
     ranks: dict[str, list[int]] = {m: [] for m in methods}
     for k in ranked():
-        vals = {m: means[m][k] for m in methods if math.isfinite(means[m][k])}
-        order = sorted(vals, key=lambda m: vals[m], reverse=metric(k).higher_is_better)
+        mk = metric(k)
+        vals = {m: v for m in methods if math.isfinite(v := mk.rank_value(means[m][k]))}
+        order = sorted(vals, key=lambda m: vals[m], reverse=mk.rank_higher_is_better)
         for i, m in enumerate(order):
             ranks[m].append(i + 1)
     return sorted(((m, float(np.mean(r)) if r else math.nan) for m, r in ranks.items()),
@@ -89,7 +93,10 @@ def verdict(lo: float, hi: float, n: int, *, higher_is_better: bool) -> str:
 
 def compare(rows: Sequence[CoreRow], methods: Sequence[str], *, reference: str, seed: int, n_boot: int
             ) -> list[dict]:
-    """The reference against every other method on each ranked metric, paired by core.
+    """The reference against every other method on each compared metric, paired by core.
+
+    A metric best at a target compares the distances from it (``|log(value / target)|``, per core):
+    the reference wins when it is closer.
 
     Returns:
         One dict per (other, metric): ``reference, other, metric, diff, lo, hi, n, verdict``.
@@ -98,16 +105,18 @@ def compare(rows: Sequence[CoreRow], methods: Sequence[str], *, reference: str, 
     cores = sorted({r.key for r in rows})
 
     def values(method: str, k: str) -> list[float]:
-        return [by_core[(method, *c)].value(k) if (method, *c) in by_core else math.nan for c in cores]
+        mk = metric(k)
+        return [mk.rank_value(by_core[(method, *c)].value(k)) if (method, *c) in by_core else math.nan
+                for c in cores]
 
     out = []
     for other in methods:
         if other == reference:
             continue
-        for k in ranked():
+        for k in compared():
             diff, lo, hi, n = paired_difference(values(reference, k), values(other, k), n_boot=n_boot, seed=seed)
             out.append({"reference": reference, "other": other, "metric": k, "diff": diff, "lo": lo, "hi": hi,
-                        "n": n, "verdict": verdict(lo, hi, n, higher_is_better=metric(k).higher_is_better)})
+                        "n": n, "verdict": verdict(lo, hi, n, higher_is_better=metric(k).rank_higher_is_better)})
     return out
 
 
@@ -142,8 +151,32 @@ def summarise(rows: Sequence[CoreRow], methods: Sequence[str], *, reference: str
             "reference": reference, "cores": len({r.key for r in rows})}
 
 
+def realism_verdict(lo: float, hi: float, n: int) -> str | None:
+    """Reads a method's sharpness ratio 95% CI ``[lo, hi]`` over ``n`` cores: ``blurrier than real H&E``
+    when wholly below 0.8, ``noisier than real H&E`` when wholly above 1.25, else None."""
+    if n < 1 or not (math.isfinite(lo) and math.isfinite(hi)):
+        return None
+    if hi < BLURRIER:
+        return "blurrier than real H&E"
+    if lo > NOISIER:
+        return "noisier than real H&E"
+    return None
+
+
+def realism_lines(summary: Mapping) -> list[str]:
+    """One sentence per method whose sharpness ratio CI lies outside 0.8–1.25 (in the summary's order)."""
+    out = []
+    for m, values in summary["metrics"].items():
+        s = values.get("sharpness_ratio")
+        if s is not None and (said := realism_verdict(s["lo"], s["hi"], s["n"])) is not None:
+            out.append(f"{m} is {said}: sharpness ratio {s['mean']:.2f} [{s['lo']:.2f}, {s['hi']:.2f}] "
+                       f"(goal 1.0, 95% CI {'below 0.8' if said.startswith('blurrier') else 'above 1.25'})")
+    return out
+
+
 def verdict_lines(summary: Mapping) -> list[str]:
-    """One sentence per compared method: where the reference wins and loses (95% CI of the paired difference)."""
+    """One sentence per compared method: where the reference wins and loses (95% CI of the paired
+    difference); then each method that is blurrier or noisier than real H&E (:func:`realism_lines`)."""
     out = []
     ref = summary["reference"]
     for other in dict.fromkeys(c["other"] for c in summary["comparisons"]):
@@ -157,4 +190,4 @@ def verdict_lines(summary: Mapping) -> list[str]:
         if said["no clear difference"]:
             parts.append(f"no clear difference on {', '.join(said['no clear difference'])}")
         out.append(f"{ref} vs {other}: {'; '.join(parts)}")
-    return out
+    return out + realism_lines(summary)

@@ -33,7 +33,12 @@ class Metric:
         digits: decimals in the terminal summary, None where it is not shown there.
         csv_column: position among the metric columns of ``metrics.csv``, None when not written.
         shown: a column of the report's summary and per-core tables (and a figure panel).
-        ranked: counted in the mean rank and compared pairwise (wins / loses).
+        ranked: counted in the mean rank and compared pairwise (wins / loses). A metric best at
+            ``target`` ranks by its distance from it, ``|log(value / target)|`` (a ratio of 0.8 is as far
+            from 1 as one of 1.25).
+        compared: compared pairwise (wins / loses) without counting in the mean rank.
+        group: the report's table it belongs to: ``fidelity`` (does it match this real H&E?) or
+            ``realism`` (does it have the detail of real H&E?).
         plotted: a panel of the distribution and per-core figures.
         ci: gets a bootstrap CI per method in the summary (``metrics.json``).
         summary: one of the demo's summary numbers.
@@ -49,6 +54,8 @@ class Metric:
     csv_column: int | None = None
     shown: bool = False
     ranked: bool = False
+    compared: bool = False
+    group: str = "fidelity"
     plotted: bool = False
     ci: bool = False
     summary: bool = False
@@ -62,6 +69,23 @@ class Metric:
     def higher_is_better(self) -> bool:
         """Direction for ranking and verdicts; only meaningful when ``better`` is set."""
         return self.better == "higher"
+
+    @property
+    def by_distance(self) -> bool:
+        """Whether ranks and pairwise verdicts use the distance from ``target`` (no direction of its own)."""
+        return self.better is None and self.target is not None
+
+    def rank_value(self, value: float) -> float:
+        """The value ranks and pairwise verdicts compare: ``|log(value / target)|`` for a metric best at
+        ``target`` (lower is better; NaN when not positive), the value itself otherwise."""
+        if not self.by_distance:
+            return value
+        return abs(math.log(value / self.target)) if math.isfinite(value) and value > 0 else math.nan
+
+    @property
+    def rank_higher_is_better(self) -> bool:
+        """Direction of :meth:`rank_value` (a distance from the target: lower)."""
+        return False if self.by_distance else self.higher_is_better
 
     @property
     def direction(self) -> str:
@@ -97,6 +121,24 @@ METRICS: tuple[Metric, ...] = (
     Metric("nuclei_real", "nuclei (real)", "nuclei (real)", None, csv_column=8),
     Metric("nuclei_pred", "nuclei (virtual)", "nuclei (virtual)", None, csv_column=9),
     Metric("nuclei_count_error", "nuclei count error", "nuclei count error", "lower", csv_column=11, ci=True),
+    # Realism (issue 14, stainldm.eval.realism): columns appended after the fidelity ones, so readers of the
+    # older metrics.csv keep working.
+    Metric("sharpness_ratio", "sharpness ratio", "sharpness", None, target=1.0, digits=2, csv_column=14,
+           ranked=True, summary=True, group="realism", **_SHOWN),
+    Metric("spectrum_tissue", "spectrum 16–64 µm", "spectrum 16-64 um", None, target=1.0, csv_column=15,
+           compared=True, group="realism", **_SHOWN),
+    Metric("spectrum_nuclei", "spectrum 4–16 µm", "spectrum 4-16 um", None, target=1.0, csv_column=16,
+           compared=True, group="realism", **_SHOWN),
+    Metric("spectrum_chromatin", "spectrum 1–4 µm", "spectrum 1-4 um", None, target=1.0, csv_column=17,
+           compared=True, group="realism", **_SHOWN),
+    Metric("nuclei_area_w1", "nuclei area W₁ (µm²)", "nuclei area W1", "lower", unit="µm²", csv_column=18,
+           ranked=True, group="realism", **_SHOWN),
+    Metric("nuclei_eccentricity_w1", "nuclei eccentricity W₁", "nuclei eccentricity W1", "lower", csv_column=19,
+           compared=True, group="realism", **_SHOWN),
+    Metric("nuclei_solidity_w1", "nuclei solidity W₁", "nuclei solidity W1", "lower", csv_column=20,
+           compared=True, group="realism", **_SHOWN),
+    Metric("sharpness_real", "sharpness (real)", "sharpness (real)", None, csv_column=21, group="realism"),
+    Metric("sharpness_pred", "sharpness (virtual)", "sharpness (virtual)", None, csv_column=22, group="realism"),
 )
 BY_NAME: Mapping[str, Metric] = MappingProxyType({m.name: m for m in METRICS})
 CSV_HEADER = ("method", "slide_id", "core", "status", "tissue_px")
@@ -126,6 +168,16 @@ def ranked() -> tuple[str, ...]:
     return tuple(m.name for m in METRICS if m.ranked)
 
 
+def compared() -> tuple[str, ...]:
+    """The metrics of the pairwise verdicts (the ranked ones and those only compared), in display order."""
+    return tuple(m.name for m in METRICS if m.ranked or m.compared)
+
+
+def shown_in(group: str) -> tuple[str, ...]:
+    """The shown metrics of one report table (``fidelity`` or ``realism``), in display order."""
+    return tuple(m.name for m in METRICS if m.shown and m.group == group)
+
+
 def plotted() -> tuple[str, ...]:
     """The panels of the distribution and per-core figures, in display order."""
     return tuple(m.name for m in METRICS if m.plotted)
@@ -137,7 +189,7 @@ def with_ci() -> tuple[str, ...]:
 
 
 def summary() -> tuple[Metric, ...]:
-    """The demo's summary metrics (PSNR, SSIM, CIELAB W1), with their terminal digits and units."""
+    """The demo's summary metrics (PSNR, SSIM, CIELAB W1, sharpness ratio), with their terminal digits and units."""
     return tuple(m for m in METRICS if m.summary)
 
 

@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from stainldm.eval.figures import (
+    COMPARE_PX,
     _detail_centre,
     distributions_figure,
     make_figures,
@@ -81,3 +82,25 @@ def test_core_panels_and_detail_crop(tmp_path):
     assert Image.open(tmp_path / m["virtual"]["detail"]).size == (128, 128)
     err = np.asarray(Image.open(tmp_path / m["error"]["full"]))
     assert (err[~tissue] == 230).all()  # glass is gray in the error map
+
+
+def test_side_by_side_detail_is_the_same_native_region_of_every_method(tmp_path):
+    rng = np.random.default_rng(2)
+    real = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    blurry = np.full_like(real, 128)
+    tissue = np.zeros((300, 400), bool)
+    tissue[20:, 100:] = True
+    entry = save_core_panels(tmp_path / "gallery", "s:B2", unstained=rng.integers(0, 9, (300, 400, 1)), real=real,
+                             tissue=tissue, mpp=1.0, virtual={"sharp": (real, None), "blurry": (blurry, None)})
+    cmp = entry["compare"]
+    assert cmp["size_wh"] == [COMPARE_PX, COMPARE_PX] and list(cmp["methods"]) == ["sharp", "blurry"]
+    x0, y0 = cmp["xy"]
+    assert x0 >= 100 and y0 + COMPARE_PX <= 300  # inside the tissue, inside the image
+    want = real[y0 : y0 + COMPARE_PX, x0 : x0 + COMPARE_PX]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / cmp["real"])), want)  # native pixels: no resampling
+    assert np.array_equal(np.asarray(Image.open(tmp_path / cmp["methods"]["sharp"])), want)
+    assert (np.asarray(Image.open(tmp_path / cmp["methods"]["blurry"])) == 128).all()
+    small = save_core_panels(tmp_path / "g2", "s:C1", unstained=real[:40, :50, :1], real=real[:40, :50],
+                             tissue=tissue[:40, :50] | True, mpp=0.5, virtual={"m": (real[:40, :50], None)})
+    assert small["compare"]["size_wh"] == [50, 40] and small["compare"]["xy"] == [0, 0]  # a core smaller than the crop
+    assert Image.open(tmp_path / small["compare"]["methods"]["m"]).size == (50, 40)

@@ -65,6 +65,8 @@ def test_summarise_ranks_and_says_where_the_reference_wins_and_loses():
     assert "good vs bad: wins on PSNR (dB), SSIM, CIELAB W₁, H corr, E corr, nuclei F1; loses on nothing" in lines
     text = format_summary(s, methods)
     assert text.splitlines()[0].startswith("method") and "5/6" in text
+    realism = text.split("Realism: ")[1].splitlines()  # rows without realism values: n/a, not a crash
+    assert "sharpness ratio" in realism[1] and all(line.count("n/a") == 7 for line in realism[3:7])
     for m in methods:
         v = s["metrics"][m]["psnr"]
         assert v["lo"] <= v["mean"] <= v["hi"]
@@ -96,6 +98,8 @@ def test_report_files_link_only_local_images(tmp_path):
     assert srcs and all((tmp_path / p).is_file() for p in srcs)
     assert not any(p.startswith(("http", "//", "/")) for p in srcs)
     assert "id='summary'" in text and "FID/KID skipped" in text and "x.tiff: cannot read &lt;it&gt;" in text
+    assert "id='summary-realism'" in text and "Detail side by side, 1:1" in text
+    assert all(f"src='{p}'" in text for p in (entry["compare"]["real"], *entry["compare"]["methods"].values()))
     assert (tmp_path / "figures" / "distributions.png").is_file() and not (tmp_path / "figures" / "steps.png").exists()
     import json
 
@@ -146,7 +150,8 @@ def test_names_from_user_folders_are_escaped_and_verdicts_marked(tmp_path):
             if r.method in ("good", "bad")]
     methods = ["good", evil]
     s = summarise(rows, methods, reference="good", seed=0, n_boot=200)
-    ctx = _context(methods, fid={"good": {"fid": 1.5, "kid": 0.01, "kid_std": 0.002, "patches": 12},
+    ctx = _context(methods, fid={"good": {"fid": 1.5, "kid": 0.01, "kid_std": 0.002, "kid_lo": 0.005, "kid_hi": 0.015,
+                                          "cores": 3, "patches": 12},
                                  evil: {"fid": math.nan, "kid": math.nan, "kid_std": math.nan, "patches": 1}})
     ctx.gallery_total = 3
     text = write_report(tmp_path, rows=rows, summary=s, gallery=[], context=ctx).read_text()
@@ -154,4 +159,5 @@ def test_names_from_user_folders_are_escaped_and_verdicts_marked(tmp_path):
     assert "A0&lt;b&gt;" in text and "<b>A0" not in text
     assert "<span class='win'>wins</span> on" in text and "id='per-core'" in text
     assert "Showing 0 of 3 cores" in text and "FID ↓" in text and "1.500" in text
-    assert text.count("<tr class='best'>") == 1 and "data-images-loaded" in text
+    assert "[0.0050, 0.0150]" in text  # KID's CI over cores
+    assert text.count("<tr class='best'>") == 2 and "data-images-loaded" in text

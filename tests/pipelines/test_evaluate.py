@@ -85,17 +85,27 @@ def test_report_files_rows_and_summary(eval_report, eval_runs):
         assert 0 < float(r["psnr"]) < 60 and -1 <= float(r["ssim"]) <= 1
         assert float(r["lab_w"]) >= 0 and float(r["nuclei_real"]) > 0
         assert (r["seam_score"] == "") == (r["method"] == "colour map")  # no stitching in a per-pixel map
+        assert 0 < float(r["sharpness_ratio"]) < 10 and float(r["sharpness_real"]) > 0
+        assert all(float(r[f"spectrum_{b}"]) > 0 for b in ("tissue", "nuclei", "chromatin"))
+    with open(out / "metrics.csv", newline="") as fh:  # the realism columns come after today's: old readers work
+        header = next(csv.reader(fh))
+    assert header[5:19] == ["psnr", "ssim", "lab_w_L", "lab_w_a", "lab_w_b", "lab_w", "h_corr", "e_corr",
+                            "nuclei_real", "nuclei_pred", "nuclei_count_ratio", "nuclei_count_error", "nuclei_f1",
+                            "seam_score"]
+    assert header[19] == "sharpness_ratio"
     # The baseline run was stained on the fly into the report folder.
     assert (out / "stained-baseline" / "unstained.tiff").is_file()
     # The printed table names every method, and the verdicts compare the first --pred with the others.
     assert all(m in eval_report["stdout"] for m in methods)
     assert "LDM vs colour map:" in eval_report["stdout"] and "LDM vs U-Net baseline:" in eval_report["stdout"]
+    assert "Realism: " in eval_report["stdout"] and "sharpness ratio" in eval_report["stdout"]
 
 
 def test_metrics_json_has_cis_provenance_and_skipped_fid(eval_report):
     data = json.loads((eval_report["out"] / "metrics.json").read_text())
     ldm = data["summary"]["LDM"]
-    for key in ("psnr", "ssim", "lab_w", "h_corr", "e_corr", "nuclei_f1", "seam_score"):
+    for key in ("psnr", "ssim", "lab_w", "h_corr", "e_corr", "nuclei_f1", "seam_score", "sharpness_ratio",
+                "spectrum_nuclei"):
         s = ldm[key]
         assert s["n"] >= 1 and s["lo"] <= s["mean"] <= s["hi"], key
     assert data["bootstrap"] == {"resamples": 2000, "seed": 0, "level": 0.95, "unit": "core"}
@@ -114,6 +124,7 @@ def test_report_html_is_offline_and_complete(eval_report):
     text = (out / "report.html").read_text()
     assert "id='summary'" in text and "Where LDM wins and loses" in text
     assert "uncertainty (0–" in text  # the 2-sample LDM prediction has an uncertainty map
+    assert "id='summary-realism'" in text and "Detail side by side, 1:1" in text
     assert "http://" not in text and "https://" not in text  # nothing to fetch
     srcs = re.findall(r"src='([^']+)'", text)
     assert srcs and all((out / s).is_file() for s in srcs)
@@ -206,6 +217,10 @@ def test_core_missing_from_the_prediction_is_reported(doctored):
     assert rows and all(r["status"] == "missing: core not stained in the prediction" for r in rows)
     assert doctored["data"]["status"][doctored["names"]["partial"]]["missing"] == len(rows)
     assert f"0/{len(rows)}" in doctored["stdout"]  # the table shows 0 of n cores evaluated
+    # No tissue in the prediction: the realism metrics are n/a (empty, null), not a crash.
+    assert all(r["sharpness_ratio"] == "" and r["nuclei_area_w1"] == "" for r in rows)
+    realism = doctored["data"]["summary"][doctored["names"]["partial"]]
+    assert realism["sharpness_ratio"]["n"] == 0 and realism["sharpness_ratio"]["mean"] is None
 
 
 def test_prediction_without_the_slide_reports_its_cores_missing(doctored):
@@ -223,6 +238,8 @@ def test_fid_and_kid_with_a_local_torchscript_file(doctored):
     fk = doctored["data"]["fid_kid"]
     ok = doctored["names"]["pred_ldm"]
     assert math.isfinite(fk[ok]["fid"]) and math.isfinite(fk[ok]["kid"]) and fk[ok]["patches"] > 0
+    if fk[ok]["cores"] >= 2:  # KID's CI resamples cores
+        assert fk[ok]["kid_lo"] <= fk[ok]["kid_hi"]
     assert fk[doctored["names"]["broken"]]["patches"] == 0 and fk[doctored["names"]["broken"]]["fid"] is None
 
 
