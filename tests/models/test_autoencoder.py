@@ -1,9 +1,12 @@
-"""The KL autoencoder: shapes, downsampling factor, config checks, the KL term, the loss."""
+"""The KL autoencoder: shapes, downsampling factor, config checks, the KL term, the loss and its
+frequency-domain term."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from stainldm.errors import ConfigError
 from stainldm.models.autoencoder import (
@@ -13,6 +16,7 @@ from stainldm.models.autoencoder import (
     check_autoencoder_config,
     downsampling,
     kl_divergence,
+    log_amplitude_l1,
 )
 
 
@@ -93,3 +97,74 @@ def test_adversarial_term_starts_after_warm_up():
     assert "adv_g" not in before and "adv_g" in after
     d = loss_fn.discriminator_loss(x, recon)
     assert torch.isfinite(d) and d.requires_grad
+
+
+# ---------------------------------------------------------------------------------------------
+# The frequency-domain term
+# ---------------------------------------------------------------------------------------------
+def _he_batch(he_image, n: int = 4, px: int = 64) -> torch.Tensor:
+    """``n`` real H&E crops of the bundled sample as ``(n, 3, px, px)`` in [-1, 1]."""
+    crops = [he_image[200 + 300 * i : 200 + 300 * i + px, 400 : 400 + px] for i in range(n)]
+    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def _box_blur(x: torch.Tensor) -> torch.Tensor:
+    k = torch.full((3, 1, 3, 3), 1 / 9)
+    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), k, groups=3)
+
+
+def test_log_amplitude_l1_is_zero_for_identical_images(he_image):
+    x = _he_batch(he_image)
+    assert float(log_amplitude_l1(x, x.clone())) == 0.0
+
+
+def test_log_amplitude_l1_sees_blur_that_the_pixel_l1_calls_small(he_image):
+    """A 3×3 blur and a brightness offset with the same pixel L1: the spectrum term tells them apart."""
+    x = _he_batch(he_image)
+    blurred = _box_blur(x)
+    l1 = float((blurred - x).abs().mean())
+    shifted = x + l1  # the same pixel L1, every frequency but 0 intact
+    assert float((shifted - x).abs().mean()) == pytest.approx(l1, rel=1e-5)
+    blur_term, shift_term = float(log_amplitude_l1(x, blurred)), float(log_amplitude_l1(x, shifted))
+    assert blur_term > 5 * l1  # relative to its pixel error, blur is what the term punishes
+    assert blur_term > 100 * shift_term
+    # more blur, more loss
+    assert float(log_amplitude_l1(x, _box_blur(blurred))) > blur_term
+
+
+def test_log_amplitude_l1_is_computed_in_float32_under_bf16_autocast(he_image):
+    x = _he_batch(he_image, n=2)
+    recon = _box_blur(x).bfloat16().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        term = log_amplitude_l1(x, recon)
+    assert term.dtype == torch.float32
+    expected = log_amplitude_l1(x, recon.detach().float())
+    assert float(term.detach()) == pytest.approx(float(expected), rel=1e-6)
+    term.backward()
+    assert torch.isfinite(recon.grad).all()
+    # a zero spectrum (flat grey) keeps a finite gradient thanks to the floor
+    flat = torch.zeros(1, 3, 16, 16, requires_grad=True)
+    log_amplitude_l1(torch.zeros(1, 3, 16, 16), flat).backward()
+    assert torch.isfinite(flat.grad).all()
+
+
+def test_generator_loss_adds_the_weighted_frequency_term(he_image):
+    cfg = AutoencoderConfig(channels=(8, 8), norm_num_groups=8, kl_weight=0.5, frequency_weight=0.2)
+    torch.manual_seed(0)
+    ae = build_autoencoder(cfg)
+    x = _he_batch(he_image, n=2, px=32)
+    recon, mu, sigma = ae(x)
+    loss, parts = AutoencoderLoss(cfg).generator_loss(x, recon, mu, sigma, step=0)
+    assert parts["frequency"] == pytest.approx(float(log_amplitude_l1(x, recon).detach()), rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(parts["l1"] + 0.5 * parts["kl"] + 0.2 * parts["frequency"], rel=1e-5)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in ae.parameters())
+    # off by default: no part, no cost
+    _, plain = AutoencoderLoss(AutoencoderConfig(channels=(8, 8), norm_num_groups=8)).generator_loss(
+        x, recon.detach(), mu.detach(), sigma.detach(), step=0)
+    assert "frequency" not in plain
+
+
+def test_a_negative_frequency_weight_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"^autoencoder\.frequency_weight \(-0\.1\) must be 0 \(off\) or more"):
+        build_autoencoder(AutoencoderConfig(frequency_weight=-0.1))

@@ -283,6 +283,35 @@ def test_bf16_autoencoder_with_the_adversarial_term_switching_on_mid_run(train_s
     _check_precision_recorded(run, "bf16")
 
 
+def test_bf16_autoencoder_with_the_frequency_term(train_store, train_config, tmp_path):
+    """The log-amplitude spectrum term trains under bf16 autocast (its FFT in float32) to a finite loss
+    and is recorded in model.json; the loss it adds is its weight times a positive term."""
+    cfg = train_config("precision=bf16", "steps=3", "checkpoint_every=3", "val_every=3",
+                       "autoencoder.frequency_weight=0.1")
+    run = tmp_path / "ae"
+    trainer = _trainer("autoencoder", cfg, run, train_store)
+    items = [trainer.train_set[i] for i in range(2)]
+    g = torch.Generator().manual_seed(0)
+    x, y = trainer.prep({k: torch.stack([b[k] for b in items]) for k in ("unstained", "stained")}, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, parts = trainer.task.loss(trainer.model, x, y, g, 0)
+    assert parts["frequency"] > 0 and math.isfinite(float(loss.detach()))
+    expected = parts["l1"] + cfg.autoencoder.kl_weight * parts["kl"] + 0.1 * parts["frequency"]
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-3)
+    trainer.task.take_fake()
+    trainer.train()
+    rows = _metrics(run)
+    assert len(rows) == 3 and all(math.isfinite(float(r["loss"])) for r in rows)
+    assert math.isfinite(float(rows[-1]["val_psnr"]))
+    assert runs.read_model_json(run, kind="autoencoder")["config"]["frequency_weight"] == 0.1
+    _check_precision_recorded(run, "bf16")
+
+
+def test_a_negative_frequency_weight_is_a_config_error(train_store, train_config, tmp_path):
+    with pytest.raises(ConfigError, match=r"autoencoder\.frequency_weight \(-1\.0\) must be 0 \(off\) or more"):
+        _trainer("autoencoder", train_config("autoencoder.frequency_weight=-1"), tmp_path / "ae", train_store)
+
+
 def test_bf16_ldm_with_semantic_tokens_and_condition_dropout(train_store, train_config, train_ae_run, tmp_path):
     cfg = train_config("precision=bf16", "steps=3", "checkpoint_every=3", "val_every=3",
                        "ldm.condition.semantic=true", "ldm.condition.backbone=resnet18", "ldm.condition.token_dim=32",
