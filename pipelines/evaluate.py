@@ -11,7 +11,6 @@ metrics on the tissue mask) -> bootstrap CIs over cores -> ``metrics.csv``, ``me
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -79,12 +78,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_writable(out: Path) -> None:
     """Fails before any work when the report folder cannot be written."""
-    from stainldm.files import atomic_write_text
+    from stainldm.files import ensure_writable_folder
 
-    probe = out / f".write-test-{os.getpid()}"
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(probe, "")
-        probe.unlink()
+        ensure_writable_folder(out)
     except OSError as exc:
         raise InputError(f"{out}: report folder is not writable ({exc.strerror}); choose another `out`") from exc

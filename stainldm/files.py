@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -28,6 +29,20 @@ def atomic_writer(path: Path) -> Iterator[IO[bytes]]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def ensure_writable_folder(path: Path) -> Path:
+    """Creates ``path`` (with its parents) and checks that a file can be created in it, so a run
+    fails before any work rather than at its first write.
+
+    Raises:
+        OSError: the folder cannot be created or written (callers turn it into an error that names
+            their parameter).
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=path):
+        pass
+    return path
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

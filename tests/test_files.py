@@ -15,6 +15,7 @@ from stainldm.files import (
     atomic_write_json,
     atomic_write_png,
     atomic_write_text,
+    ensure_writable_folder,
     sha256_file,
 )
 
@@ -62,3 +63,11 @@ def test_sha256_file_matches_hashlib_across_blocks(tmp_path):
     data = np.random.default_rng(1).bytes((1 << 20) + 17)  # more than one 1 MiB block
     (tmp_path / "f").write_bytes(data)
     assert sha256_file(tmp_path / "f") == hashlib.sha256(data).hexdigest()
+
+
+def test_ensure_writable_folder_creates_it_leaves_nothing_and_raises_where_it_cannot(tmp_path):
+    folder = ensure_writable_folder(tmp_path / "a" / "b")
+    assert folder.is_dir() and list(folder.iterdir()) == []  # the probe file is gone
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(OSError):
+        ensure_writable_folder(tmp_path / "a-file" / "out")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 from stainldm.config import config_hash
 from stainldm.data.synthetic import SampleConfig, SamplePair, make_tma_pair
 from stainldm.errors import InputError, RunError
-from stainldm.files import atomic_write_text, sha256_file
+from stainldm.files import atomic_write_text, ensure_writable_folder, sha256_file
 from stainldm.wsi.reader import open_slide
 from stainldm.wsi.writer import write_pyramid
 
@@ -121,8 +120,7 @@ def _writable_folder(path: Path) -> Path:
         raise InputError(f"{path}: cannot create the output folder ({exc.strerror or exc}); choose another "
                          "`out`") from exc
     try:
-        with tempfile.TemporaryFile(dir=path):
-            pass
+        ensure_writable_folder(path)
     except OSError as exc:
         raise InputError(f"{path}: cannot write to the output folder ({exc.strerror or exc}); fix its "
                          "permissions or choose another `out`") from exc

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from stainldm.errors import InputError
-from stainldm.files import atomic_write_csv
+from stainldm.files import atomic_write_csv, ensure_writable_folder
 
 TILE_COLUMNS = ("slide_id", "core", "split", "x", "y", "mpp", "tissue_fraction", "sim_before", "sim_after")
 PAIR_COLUMNS = ("slide_id", "unstained", "stained", "status", "tiles", "seconds", "error")
@@ -76,10 +76,7 @@ class TileStore:
 
         root = Path(root)
         try:
-            root.mkdir(parents=True, exist_ok=True)
-            probe = root / ".write-test"
-            probe.write_text("")
-            probe.unlink()
+            ensure_writable_folder(root)
         except OSError as exc:
             raise InputError(f"{root}: cannot write the tile store there ({exc.strerror}); choose another "
                              "folder") from exc

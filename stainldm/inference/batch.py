@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from stainldm.errors import InputError, StainLDMError, one_line
-from stainldm.files import atomic_write_csv, sha256_file
+from stainldm.files import atomic_write_csv, ensure_writable_folder, sha256_file
 from stainldm.inference.config import StainConfig, check_stain_config
 from stainldm.inference.model import StainModel
 from stainldm.inference.stain import stain_slide
@@ -249,10 +249,7 @@ def stain_slides(slides: Sequence[str | Path], model: StainModel, out: str | Pat
     check_stain_config(cfg)
     out = Path(out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
+        ensure_writable_folder(out)
     except OSError as exc:
         raise InputError(f"{out}: output folder is not writable ({exc.strerror}); choose another `out`") from exc
     if model.kind == "ldm":
