@@ -78,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    # Recipes that print a recorded error themselves (a failed slide or pair) show its parameters as flags too.
+    args.flags = flags_of(parser, args.command)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s",
@@ -87,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StainLDMError as exc:
         if args.debug:
             raise
-        print(f"error: {with_flags(one_line(exc), flags_of(parser, args.command))}", file=sys.stderr)
+        print(f"error: {with_flags(one_line(exc), args.flags)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("error: interrupted; rerun the same command to resume", file=sys.stderr)

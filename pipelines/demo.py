@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stainldm.config import load_config
-from stainldm.errors import CheckpointError, InputError, RunError
+from stainldm.errors import CheckpointError, InputError, RunError, with_flags
 
 log = logging.getLogger("stainldm.demo")
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         summary, html = write_evaluation(report, result, store=store, split="test")
         print(eval_report.format_summary(summary, result.names))
         for msg in result.errors:  # some cores could not be evaluated: the report lists them
-            print(f"error: {msg}", file=sys.stderr)
+            print(f"error: {with_flags(msg, args.flags)}", file=sys.stderr)
     if args.export is not None:
         export_models({"ldm": runs / "ldm", "baseline": runs / "baseline"}, args.export, report / "metrics.csv")
     print("\nstainldm demo: done (" + ("models trained with " + str(args.config) if args.train

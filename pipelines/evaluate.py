@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from stainldm.errors import InputError
+from stainldm.errors import InputError, with_flags
 
 
 def add_parser(sub, common) -> None:
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{out}: {html.name}, metrics.csv, metrics.json ({result.n_cores} {args.split} cores, "
           f"{len(methods)} methods)")
     for msg in result.errors:
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {with_flags(msg, args.flags)}", file=sys.stderr)
     return 1 if result.errors else 0
 
 

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from stainldm.data.pairs import load_prepare_config
 from stainldm.data.prepare import SlidePair, StoreBuilder, read_pairs_csv
-from stainldm.errors import InputError, StainLDMError, one_line
+from stainldm.errors import InputError, StainLDMError, one_line, with_flags
 
 log = logging.getLogger("stainldm.prepare")
 
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     if failures:
         for sid, msg in failures:
-            print(f"error: {sid}: {msg}", file=sys.stderr)
+            print(f"error: {sid}: {with_flags(msg, args.flags)}", file=sys.stderr)
         print(f"{len(failures)} of {len(pairs)} pairs failed (see {args.out / 'pairs.csv'}); fix them and rerun "
               "the same command to continue", file=sys.stderr)
         return 1

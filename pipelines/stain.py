@@ -80,7 +80,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.out}: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed "
           f"(shard {index + 1}/{count}: {len(slides)} slides); see {manifest.path}")
     # A slide's error may name an argument (`mpp`): shown as its flag, as the CLI shows raised errors.
-    flags = {dest: "--" + dest.replace("_", "-") for dest in vars(args)}
     for outcome in failed:
-        print(f"error: {with_flags(outcome.error, flags)}", file=sys.stderr)  # the message names the slide
+        print(f"error: {with_flags(outcome.error, args.flags)}", file=sys.stderr)  # the message names the slide
     return 1 if failed else 0
