@@ -162,13 +162,99 @@ def _first_page(tif: Any) -> Any:
 
 
 def ome_channel_names(ome_xml: str, channels: int) -> tuple[str, ...] | None:
-    """The ``Name`` of every OME ``Channel``, or None unless there are ``channels`` of them, all named."""
+    """Channel names of the first OME ``Image`` (the slide; later images are labels and macros).
+
+    Each ``Channel`` is named by its ``Name``, else its ``Fluor`` (converters often fill only the
+    fluorophore); one left unnamed is called by its index (``C2``). An RGB image stores one
+    ``Channel`` with ``SamplesPerPixel="3"``, which names no single sample.
+
+    Returns:
+        one name per channel, or None when the XML is malformed, the channel count differs from
+        ``channels``, or no channel has a name.
+    """
     try:
         root = ET.fromstring(ome_xml)
     except ET.ParseError:
         return None
-    names = [el.get("Name") for el in root.iter() if el.tag.endswith("Channel")]
-    return tuple(names) if len(names) == channels and all(names) else None
+    pixels = next((el for el in root.iter() if _local(el.tag) == "Pixels"), None)
+    if pixels is None:
+        return None
+    found = [el for el in pixels if _local(el.tag) == "Channel"]
+    if len(found) != channels:
+        return None
+    names = [(el.get("Name") or "").strip() or (el.get("Fluor") or "").strip() for el in found]
+    if not any(names):
+        return None
+    return tuple(n or f"C{i}" for i, n in enumerate(names))
+
+
+def ome_fluorescence(ome_xml: str) -> bool | None:
+    """Whether the first OME ``Image`` is fluorescence, as its channels say.
+
+    Returns:
+        True when a channel has ``IlluminationType="Fluorescence"``, an ``EmissionWavelength``
+        or a ``Fluor``; False when one says ``Transmitted``; None when the XML does not say.
+    """
+    try:
+        root = ET.fromstring(ome_xml)
+    except ET.ParseError:
+        return None
+    pixels = next((el for el in root.iter() if _local(el.tag) == "Pixels"), None)
+    found = [el for el in pixels if _local(el.tag) == "Channel"] if pixels is not None else []
+    if any(el.get("IlluminationType") == "Fluorescence" or el.get("EmissionWavelength") or el.get("Fluor")
+           for el in found):
+        return True
+    if any(el.get("IlluminationType") == "Transmitted" for el in found):
+        return False
+    return None
+
+
+def _local(tag: str) -> str:
+    """An XML tag without its ``{namespace}``."""
+    return tag.rsplit("}", 1)[-1]
+
+
+def qpi_description(desc: str) -> dict[str, str] | None:
+    """The fields of a PerkinElmer (Akoya Vectra/PhenoImager) QPTIFF page description.
+
+    Each page of a QPTIFF carries an XML ``<PerkinElmer-QPI-ImageDescription>`` with its
+    ``ImageType`` (``FullResolution``, ``ReducedResolution``, ``Thumbnail``, ``Overview``,
+    ``Label``) and, for fluorescence channel pages, ``Name`` (the filter or fluorophore: ``DAPI``,
+    ``FITC``, ``Opal 520``) and on newer scanners ``Biomarker``. The XML declares utf-16 but is
+    stored as ASCII/UTF-8, and a byte-order mark may precede it.
+
+    Returns:
+        the element texts of the XML's top level (``{"ImageType": ..., "Name": ...}``, stripped),
+        or None when ``desc`` is not such a description.
+    """
+    text = desc.lstrip("\ufeff").strip()
+    if "<PerkinElmer-QPI-ImageDescription" not in text[:300]:
+        return None
+    text = re.sub(r"^<\?xml[^>]*\?>", "", text).strip()
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError:
+        return None
+    return {_local(el.tag): (el.text or "").strip() for el in root if len(el) == 0}
+
+
+def qpi_channel_name(fields: Mapping[str, str]) -> str | None:
+    """A QPTIFF channel's name: its ``Name``, else its ``Biomarker``; None when it has neither."""
+    return fields.get("Name") or fields.get("Biomarker") or None
+
+
+def qpi_channel_names(pages: Sequence[Mapping[str, str]]) -> tuple[str, ...]:
+    """Names of a QPTIFF's channel pages (:func:`qpi_description` of each, in page order).
+
+    Each page is named by :func:`qpi_channel_name`; unnamed pages by their index (``C2``). A
+    PhenoCycler (CODEX) scan repeats its filter names cycle after cycle (``Cy5`` five times) while
+    its ``Biomarker`` names differ: then the biomarkers name the channels.
+    """
+    names = [qpi_channel_name(f) or f"C{i}" for i, f in enumerate(pages)]
+    markers = [f.get("Biomarker") or "" for f in pages]
+    if len(set(names)) < len(names) and all(markers) and len(set(markers)) == len(markers):
+        return tuple(markers)
+    return tuple(names)
 
 
 def description_channel_names(desc: str, channels: int) -> tuple[str, ...] | None:
@@ -181,11 +267,16 @@ def description_channel_names(desc: str, channels: int) -> tuple[str, ...] | Non
 
 
 def tiff_channel_names(tif: Any, desc: str, channels: int) -> tuple[str, ...]:
-    """Channel names an open TIFF records (OME-XML, then the JSON description), else the defaults."""
+    """Channel names an open TIFF records (OME-XML, the JSON description, ImageJ ``Labels``), else the defaults."""
     names = None
     if tif.is_ome and tif.ome_metadata:
         names = ome_channel_names(tif.ome_metadata, channels)
-    return names or description_channel_names(desc, channels) or default_channel_names(channels)
+    names = names or description_channel_names(desc, channels)
+    if names is None and tif.is_imagej:
+        labels = (tif.imagej_metadata or {}).get("Labels")
+        if isinstance(labels, (list, tuple)) and len(labels) == channels and all(str(v).strip() for v in labels):
+            names = tuple(str(v).strip() for v in labels)
+    return names or default_channel_names(channels)
 
 
 def default_channel_names(channels: int) -> tuple[str, ...]:

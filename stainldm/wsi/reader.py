@@ -12,13 +12,18 @@ fluorescence).
 Which backend opens a file is decided by its content, not its name:
 
 * vendor formats OpenSlide knows (SVS, NDPI, MRXS, SCN, BIF, DICOM, ...) -> :class:`OpenSlideReader`;
+* Akoya/PerkinElmer QPTIFF (a page per fluorescence channel, PerkinElmer XML naming each)
+  -> :class:`QptiffReader`;
 * other TIFFs (generic pyramids, OME-TIFF with SubIFD levels, multi-channel uint16 fluorescence)
   -> :class:`TiffReader`, reading tiles through tifffile's zarr store (MONAI's tifffile backend
   decodes a whole level per patch, so it is not used);
+* Zeiss CZI -> :class:`stainldm.wsi.czi.CziReader` (czifile), or OpenSlide when czifile is not
+  installed;
 * PNG/JPEG -> :class:`ArrayReader` in memory.
 
 The API the backends share, and :class:`ArrayReader`, live in :mod:`stainldm.wsi.slide`; what a
-file says about itself (mpp, channel names, axes) is parsed in :mod:`stainldm.wsi.metadata`.
+file says about itself (mpp, channel names, axes) is parsed in :mod:`stainldm.wsi.metadata`;
+choosing channels by name is :mod:`stainldm.wsi.channels`.
 """
 
 from __future__ import annotations
@@ -34,7 +39,11 @@ from stainldm.wsi._tiles import DirectTiles
 from stainldm.wsi.metadata import (
     axes_plan,
     mpp_tuple,
+    ome_fluorescence,
     openslide_mpp,
+    qpi_channel_names,
+    qpi_description,
+    resolution_mpp,
     tiff_channel_names,
     tiff_description,
     tiff_mpp,
@@ -42,7 +51,7 @@ from stainldm.wsi.metadata import (
 from stainldm.wsi.slide import ArrayReader, SlideReader, composite_on_white
 
 # SlideReader and ArrayReader live in stainldm.wsi.slide; importers have always found them here.
-__all__ = ["ArrayReader", "OpenSlideReader", "SlideReader", "TiffReader", "open_slide"]
+__all__ = ["ArrayReader", "OpenSlideReader", "QptiffReader", "SlideReader", "TiffReader", "open_slide"]
 
 # Vendor formats OpenSlide handles better than a plain TIFF reader (metadata, associated images,
 # non-TIFF containers). "generic-tiff" is left to tifffile, which reads it faster (see benchmarks/io.py).
@@ -100,7 +109,30 @@ class OpenSlideReader(SlideReader):
         self._slide.close()
 
 
-class TiffReader(SlideReader):
+class _TiffFileReader(SlideReader):
+    """What every reader over a ``tifffile.TiffFile`` (``_tif``, file descriptor ``_fd``, associated
+    pages ``_associated``) shares: its associated images and closing."""
+
+    @property
+    def associated_names(self) -> tuple[str, ...]:
+        return tuple(self._associated)
+
+    def associated_image(self, name: str) -> np.ndarray:
+        if name not in self._associated:
+            return super().associated_image(name)
+        img = self._associated[name].asarray()
+        if img.ndim == 2:
+            img = np.repeat(img[..., None], 3, axis=2)
+        return composite_on_white(img) if img.shape[-1] == 4 else img
+
+    def close(self) -> None:
+        self._tif.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class TiffReader(_TiffFileReader):
     """TIFFs through tifffile's zarr store: generic and OME pyramids (chained or SubIFD levels),
     any channel count, uint8/uint16/float. Reads only the tiles a region touches."""
 
@@ -135,6 +167,8 @@ class TiffReader(SlideReader):
         desc = tiff_description(self._tif)
         self.channel_names = tiff_channel_names(self._tif, desc, self.channels)
         self.mpp = mpp_tuple(mpp) or tiff_mpp(self._tif, desc)
+        if self._tif.is_ome and self._tif.ome_metadata:
+            self.fluorescence = ome_fluorescence(self._tif.ome_metadata)
         self.description = desc
         self._fd = os.open(str(path), os.O_RDONLY | getattr(os, "O_BINARY", 0))
         self._direct = [DirectTiles.for_level(lv, self._fd, channels=self.channels, background=self.background)
@@ -168,23 +202,89 @@ class TiffReader(SlideReader):
                                    f"({type(exc).__name__}: {exc}); the file may be corrupt") from exc
         return self._plan.to_hwc(data)
 
-    @property
-    def associated_names(self) -> tuple[str, ...]:
-        return tuple(self._associated)
 
-    def associated_image(self, name: str) -> np.ndarray:
-        if name not in self._associated:
-            return super().associated_image(name)
-        img = self._associated[name].asarray()
-        if img.ndim == 2:
-            img = np.repeat(img[..., None], 3, axis=2)
-        return composite_on_white(img) if img.shape[-1] == 4 else img
 
-    def close(self) -> None:
-        self._tif.close()
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+class QptiffReader(_TiffFileReader):
+    """Akoya (PerkinElmer) Vectra/PhenoImager QPTIFF: one page per fluorescence channel (or one RGB
+    page for brightfield) at full resolution and again at each reduced resolution, each page with a
+    PerkinElmer XML description naming its channel and its ``ImageType``. Levels are assembled from
+    those XMLs (tifffile's own QPI series assumes exact halvings); thumbnail, overview and label
+    pages are associated images, never levels. Only the pages of the channels read are decoded."""
+
+    def __init__(self, path: Path, *, mpp: float | tuple[float, float] | None = None):
+        import tifffile
+
+        self.path = path
+        try:
+            self._tif = tifffile.TiffFile(str(path))
+            pages = list(self._tif.pages)
+        except Exception as exc:  # tifffile raises many types on corrupt files
+            raise SlideFormatError(f"{path}: tifffile cannot read it ({type(exc).__name__}: {exc})") from exc
+        check_tiff_pages(path, self._tif.pages)
+        full, reduced, self._associated = [], [], {}
+        for page in pages:
+            fields = qpi_description(page.description or "") or {}
+            kind = fields.get("ImageType", "").lower()
+            if kind == "fullresolution" or (not kind and (not full or page.shape == full[0][0].shape)
+                                            and not reduced and not page.is_reduced):
+                full.append((page, fields))
+            elif kind == "reducedresolution" or (not kind and page.is_reduced and page.samplesperpixel == 1):
+                reduced.append(page)
+            elif kind in ("thumbnail", "overview", "macro", "label"):
+                self._associated.setdefault("macro" if kind == "overview" else kind, page)
+        if not full:
+            raise SlideFormatError(f"{path}: a QPTIFF without a full-resolution page; export the scan again")
+        first = full[0][0]
+        rgb = len(full) == 1 and first.samplesperpixel == 3
+        if not rgb and any(p.samplesperpixel != 1 or p.shape != first.shape or p.dtype != first.dtype
+                           for p, _ in full):
+            raise SlideFormatError(f"{path}: QPTIFF full-resolution pages differ in size, type or samples per "
+                                   "pixel; export the scan again from the scanner software")
+        levels = [[p for p, _ in full]]
+        for page in reduced:  # consecutive runs of equal size, one page per channel
+            if len(levels) > 1 and len(levels[-1]) < len(full) and page.shape == levels[-1][0].shape:
+                levels[-1].append(page)
+            elif page.shape[:2] != levels[-1][0].shape[:2]:
+                levels.append([page])
+        levels = sorted((lv for lv in levels if len(lv) == len(full)), key=lambda lv: -lv[0].imagewidth)
+        self.vendor = "qptiff"
+        self.dtype = np.dtype(first.dtype)
+        self.channels = 3 if rgb else len(full)
+        self.fluorescence = not rgb
+        self.channel_names = ("R", "G", "B") if rgb else qpi_channel_names([f for _, f in full])
+        dims = [(lv[0].imagewidth, lv[0].imagelength) for lv in levels]
+        self.level_dimensions = tuple(dims)
+        self.level_downsamples = tuple(float(np.mean([dims[0][0] / d[0], dims[0][1] / d[1]])) for d in dims)
+        tags = first.tags
+        self.mpp = mpp_tuple(mpp) or (resolution_mpp(int(tags["ResolutionUnit"].value), tags["XResolution"].value,
+                                                     tags["YResolution"].value if "YResolution" in tags else None)
+                                      if "XResolution" in tags and "ResolutionUnit" in tags else None)
+        self.description = first.description or ""
+        self._fd = os.open(str(path), os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        self._pages = [[self._page_reader(p) for p in lv] for lv in levels]
+
+    def _page_reader(self, page):
+        samples = page.samplesperpixel
+        if page.is_tiled and page.tiledepth == 1 and page.imagedepth == 1 and (samples == 1 or page.planarconfig == 1):
+            return DirectTiles(page, self._fd, channels=samples, background=self.background).read
+        import zarr
+
+        array = zarr.open(page.aszarr(), mode="r")
+        return lambda x, y, w, h: np.asarray(array[y : y + h, x : x + w]).reshape(h, w, samples)
+
+    def _read_channels(self, level: int, x: int, y: int, w: int, h: int, channels) -> np.ndarray:
+        readers = self._pages[level]
+        try:
+            if len(readers) == 1:  # one RGB page
+                return readers[0](x, y, w, h)[..., list(channels)]
+            return np.concatenate([readers[c](x, y, w, h) for c in channels], axis=2)
+        except Exception as exc:
+            raise SlideFormatError(f"{self.path}: failed to decode tiles at level {level} "
+                                   f"({type(exc).__name__}: {exc}); the file may be corrupt") from exc
+
+    def _read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        return self._read_channels(level, x, y, w, h, range(self.channels))
+
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,7 +319,7 @@ def open_slide(path: str | os.PathLike, *, mpp: float | tuple[float, float] | No
     kind = _sniff(path)
     ext = "".join(path.suffixes[-2:]).lower() if path.name.lower().endswith(".ome.tif") else path.suffix.lower()
     expected = "tiff" if ext in _TIFF_EXTS or ext == ".ome.tif" else "png" if ext in _PNG_EXTS else \
-        "jpeg" if ext in _JPEG_EXTS else None
+        "jpeg" if ext in _JPEG_EXTS else "czi" if ext == ".czi" else None
     if expected is not None and kind is not None and kind != expected:
         raise SlideFormatError(
             f"{path}: the extension says {ext} ({expected.upper()}) but the content is a {kind.upper()} "
@@ -229,6 +329,8 @@ def open_slide(path: str | os.PathLike, *, mpp: float | tuple[float, float] | No
         return _open_image(path, kind, mpp)
     if kind == "tiff":
         return _open_tiff(path, mpp)
+    if kind == "czi":
+        return _open_czi(path, mpp)
     # Not a TIFF/PNG/JPEG: OpenSlide's other containers (MRXS, VMS, DICOM) or nothing at all.
     return _open_openslide(path, mpp, also_tried="; it is not a TIFF, PNG or JPEG file either")
 
@@ -243,12 +345,40 @@ def _open_tiff(path: Path, mpp) -> SlideReader:
     if vendor in _OPENSLIDE_VENDORS:
         check_tiff_file(path)
         return _open_openslide(path, mpp, also_tried="")
+    if _is_qptiff(path):
+        return QptiffReader(path, mpp=mpp)
     try:
         return TiffReader(path, mpp=mpp)
     except SlideFormatError as tiff_exc:
         if vendor is None:
             raise SlideFormatError(f"{tiff_exc}; OpenSlide does not recognise it either") from tiff_exc
         raise
+
+
+def _is_qptiff(path: Path) -> bool:
+    """Whether the first page is an Akoya/PerkinElmer QPTIFF page (its Software or its XML says so)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(str(path)) as tif:
+            page = tif.pages.first
+            return page.software.startswith("PerkinElmer-QPI") or qpi_description(page.description or "") is not None
+    except Exception:  # TiffReader reports what is wrong with the file
+        return False
+
+
+def _open_czi(path: Path, mpp) -> SlideReader:
+    try:
+        import czifile  # noqa: F401
+    except ImportError as exc:  # not installed: OpenSlide reads some brightfield CZI
+        hint = f"reading CZI needs the czifile package ({exc}): pip install 'czifile==2019.7.2.3'"
+        try:
+            return _open_openslide(path, mpp, also_tried="")
+        except SlideFormatError as os_exc:
+            raise SlideFormatError(f"{os_exc}; {hint}") from os_exc
+    from stainldm.wsi.czi import CziReader
+
+    return CziReader(path, mpp=mpp)
 
 
 def _open_openslide(path: Path, mpp, *, also_tried: str) -> SlideReader:
@@ -297,6 +427,8 @@ def _sniff(path: Path) -> str | None:
         return "png"
     if head[:3] == b"\xff\xd8\xff":
         return "jpeg"
+    if head[:10] == b"ZISRAWFILE":
+        return "czi"
     if head[128:132] == b"DICM":
         return "dicom"
     return None

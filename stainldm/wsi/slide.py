@@ -32,6 +32,9 @@ class SlideReader(ABC):
         channels: samples per pixel of what ``read_region`` returns (3 for RGB).
         dtype: numpy dtype of what ``read_region`` returns.
         channel_names: one name per channel (``("R", "G", "B")`` for RGB).
+        fluorescence: True when the file says it holds fluorescence channels (a QPTIFF's or CZI's
+            channel pages, OME channels with an emission wavelength), False when it says
+            brightfield, None when it does not say (then ``background`` goes by channels and dtype).
     """
 
     path: Path | None
@@ -42,6 +45,7 @@ class SlideReader(ABC):
     channels: int
     dtype: np.dtype
     channel_names: tuple[str, ...]
+    fluorescence: bool | None = None
 
     # -- geometry ---------------------------------------------------------------------------
     @property
@@ -61,6 +65,8 @@ class SlideReader(ABC):
     @property
     def background(self) -> int:
         """Value of empty glass: white for brightfield (uint8 gray/RGB), 0 for fluorescence."""
+        if self.fluorescence is not None:
+            return 0 if self.fluorescence else int(np.iinfo(self.dtype).max) if self.dtype.kind == "u" else 1
         if self.dtype == np.uint8 and self.channels in (1, 3):
             return 255
         return 0
@@ -193,6 +199,14 @@ class SlideReader(ABC):
     @abstractmethod
     def _read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         """Reads an in-bounds region in level pixels -> ``(h, w, channels)``."""
+
+    def _read_channels(self, level: int, x: int, y: int, w: int, h: int, channels: Sequence[int]) -> np.ndarray:
+        """Like ``_read`` but only ``channels`` (indices, in that order) -> ``(h, w, len(channels))``.
+
+        Backends that store channels apart (a QPTIFF page or CZI plane per channel) override it to
+        decode only those; :func:`stainldm.wsi.channels.select_channels` reads through it.
+        """
+        return self._read(level, x, y, w, h)[..., list(channels)]
 
 
 class ArrayReader(SlideReader):

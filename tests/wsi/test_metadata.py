@@ -19,8 +19,12 @@ from stainldm.wsi.metadata import (
     json_description,
     mpp_tuple,
     ome_channel_names,
+    ome_fluorescence,
     ome_mpp,
     openslide_mpp,
+    qpi_channel_name,
+    qpi_channel_names,
+    qpi_description,
     resolution_mpp,
     tiff_channel_names,
     tiff_description,
@@ -94,7 +98,7 @@ def test_resolution_mpp_from_centimetre_and_inch_tags():
 
 def test_channel_names_from_ome_then_json_then_defaults():
     assert ome_channel_names(OME.format(unit="", second="AF488"), 2) == ("DAPI", "AF488")
-    assert ome_channel_names(OME.format(unit="", second=""), 2) is None  # one unnamed
+    assert ome_channel_names(OME.format(unit="", second=""), 2) == ("DAPI", "C1")  # one unnamed: its default
     assert ome_channel_names(OME.format(unit="", second="AF488"), 3) is None  # wrong count
     assert ome_channel_names("<OME", 2) is None
     assert description_channel_names(json.dumps({"channel_names": ["a", 2]}), 2) == ("a", "2")
@@ -149,3 +153,76 @@ def test_axes_plan_finds_the_channel_axis_and_reshapes_to_hwc():
 def test_axes_plan_refuses_what_is_not_one_plane(axes, shape, match):
     with pytest.raises(SlideFormatError, match=rf"a\.tif: .*{match}"):
         axes_plan(axes, shape, Path("a.tif"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Fluorescence channel names: OME channels without Name, several images; QPTIFF XML; ImageJ labels
+# ---------------------------------------------------------------------------------------------
+OME_NS = '<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">{}</OME>'
+
+
+def test_ome_channel_names_fall_back_to_fluor_and_read_only_the_first_image():
+    fluor = OME_NS.format('<Image ID="Image:0"><Pixels><Channel ID="Channel:0:0" Fluor="DAPI"/>'
+                         '<Channel ID="Channel:0:1" Fluor="FITC" Name=" "/></Pixels></Image>')
+    assert ome_channel_names(fluor, 2) == ("DAPI", "FITC")
+    ids_only = OME_NS.format('<Image><Pixels><Channel ID="Channel:0:0"/><Channel ID="Channel:0:1"/></Pixels></Image>')
+    assert ome_channel_names(ids_only, 2) is None  # an ID is not a name: the defaults apply
+    # A label image after the slide adds its own Channel; the slide's channels are still named.
+    two_images = OME_NS.format('<Image><Pixels><Channel Name="DAPI"/><Channel Name="Cy3"/></Pixels></Image>'
+                               '<Image Name="label"><Pixels><Channel SamplesPerPixel="3"/></Pixels></Image>')
+    assert ome_channel_names(two_images, 2) == ("DAPI", "Cy3")
+    assert ome_channel_names(OME_NS.format("<Image/>"), 2) is None  # no Pixels
+
+
+def test_ome_fluorescence_from_channel_attributes():
+    def channel(attrs: str) -> str:
+        return OME_NS.format(f"<Image><Pixels><Channel {attrs}/></Pixels></Image>")
+
+    assert ome_fluorescence(channel('IlluminationType="Fluorescence"')) is True
+    assert ome_fluorescence(channel('EmissionWavelength="461"')) is True
+    assert ome_fluorescence(channel('Fluor="DAPI"')) is True
+    assert ome_fluorescence(channel('IlluminationType="Transmitted"')) is False
+    assert ome_fluorescence(channel('Name="R"')) is None
+    assert ome_fluorescence("<OME") is None
+
+
+def test_ome_tiff_channel_names_written_by_tifffile(tmp_path):
+    data = np.zeros((3, 32, 32), np.uint16)
+    fluor = tmp_path / "fluor.ome.tif"
+    tifffile.imwrite(fluor, data, metadata={"axes": "CYX", "Channel": {"Fluor": ["DAPI", "FITC", "Cy3"]}})
+    labelled = tmp_path / "labelled.ome.tif"
+    with tifffile.TiffWriter(labelled, ome=True) as tw:
+        tw.write(data, metadata={"axes": "CYX", "Channel": {"Name": ["DAPI", "FITC", "Cy3"]}})
+        tw.write(np.zeros((16, 16, 3), np.uint8), photometric="rgb", metadata={"axes": "YXS", "Name": "label"})
+    imagej = tmp_path / "imagej.tif"
+    tifffile.imwrite(imagej, data, imagej=True, metadata={"axes": "CYX", "Labels": ["DAPI", "FITC", "Cy3"]})
+    for path in (fluor, labelled, imagej):
+        with tifffile.TiffFile(path) as tif:
+            assert tiff_channel_names(tif, tiff_description(tif), 3) == ("DAPI", "FITC", "Cy3"), path.name
+
+
+QPI = ('<?xml version="1.0" encoding="utf-16"?>\r\n<PerkinElmer-QPI-ImageDescription>\r\n'
+       "<DescriptionVersion>2</DescriptionVersion>\r\n<ImageType>{kind}</ImageType>\r\n{extra}"
+       "<ScanProfile><Marker>ignored</Marker></ScanProfile>\r\n</PerkinElmer-QPI-ImageDescription>")
+
+
+def test_qpi_description_reads_image_type_and_channel_name():
+    fields = qpi_description("\ufeff" + QPI.format(kind="FullResolution", extra="<Name> DAPI </Name>"))
+    assert fields["ImageType"] == "FullResolution" and fields["Name"] == "DAPI"
+    assert "Marker" not in fields  # only the top level: the scan profile's nested fields are not names
+    assert qpi_channel_name(fields) == "DAPI"
+    newer = qpi_description(QPI.format(kind="FullResolution", extra="<Biomarker>CD8</Biomarker>"))
+    assert qpi_channel_name(newer) == "CD8"
+    assert qpi_channel_name(qpi_description(QPI.format(kind="Thumbnail", extra=""))) is None
+    assert qpi_description("Aperio Image Library|MPP = 0.5") is None
+    assert qpi_description("<PerkinElmer-QPI-ImageDescription><Name>") is None  # malformed
+
+
+def test_qpi_channel_names_prefer_unique_biomarkers_over_repeated_filters():
+    vectra = [{"Name": "DAPI"}, {"Name": "FITC", "Biomarker": "CD8"}, {}]
+    assert qpi_channel_names(vectra) == ("DAPI", "FITC", "C2")
+    codex = [{"Name": "DAPI", "Biomarker": "DAPI"}, {"Name": "Cy5", "Biomarker": "CD3"},
+             {"Name": "Cy5", "Biomarker": "CD8"}]
+    assert qpi_channel_names(codex) == ("DAPI", "CD3", "CD8")
+    repeated = [{"Name": "Cy5"}, {"Name": "Cy5"}]  # nothing better: the duplicates stay (select by index)
+    assert qpi_channel_names(repeated) == ("Cy5", "Cy5")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 
 import numpy as np
 import openslide
@@ -246,3 +247,39 @@ def test_corrupt_png(tmp_path):
 def test_bad_mpp_override(he_pyramid):
     with pytest.raises(InputError, match="`mpp` must be positive"):
         open_slide(he_pyramid[0], mpp=-1)
+
+
+def test_ome_fluorescence_channels_named_by_fluor_with_dark_background(tmp_path):
+    """Three uint8 channels that say they are fluorescence: named, and empty glass is 0, not white."""
+    data = np.random.default_rng(4).integers(0, 255, (3, 64, 80), dtype=np.uint8)
+    path = tmp_path / "fluor.ome.tif"
+    channel = {"Fluor": ["DAPI", "FITC", "Cy3"], "EmissionWavelength": [461, 519, 570]}
+    tifffile.imwrite(path, data, metadata={"axes": "CYX", "Channel": channel})
+    with open_slide(path) as slide:
+        assert slide.channel_names == ("DAPI", "FITC", "Cy3")
+        assert (slide.fluorescence, slide.background) == (True, 0)
+        assert slide.read_region((70, 60), (20, 20))[10:, 10:].max() == 0
+
+
+def test_qptiff_goes_to_its_own_reader(tmp_path):
+    from stainldm.wsi.reader import QptiffReader
+
+    xml = ("<?xml version=\"1.0\" encoding=\"utf-16\"?>\r\n<PerkinElmer-QPI-ImageDescription>"
+           "<ImageType>FullResolution</ImageType><Name>{}</Name></PerkinElmer-QPI-ImageDescription>")
+    path = tmp_path / "scan.tif"  # Vectra also writes .tif; the content decides
+    with tifffile.TiffWriter(path) as tw:
+        for name in ("DAPI", "FITC"):
+            tw.write(np.zeros((32, 32), np.uint16), description=xml.format(name), metadata=None)
+    with open_slide(path) as slide:
+        assert isinstance(slide, QptiffReader) and slide.channel_names == ("DAPI", "FITC")
+
+
+def test_czi_without_czifile_says_what_to_install(tmp_path, monkeypatch):
+    pyczi = pytest.importorskip("pylibCZIrw.czi")
+    path = tmp_path / "scan.czi"
+    with pyczi.create_czi(str(path), exist_ok=True) as writer:
+        writer.write(np.zeros((16, 16, 1), np.uint16), location=(0, 0), plane={"C": 0})
+        writer.write_metadata(scale_x=0.5e-6, scale_y=0.5e-6)
+    monkeypatch.setitem(sys.modules, "czifile", None)  # as if not installed
+    with pytest.raises(SlideFormatError, match=r"scan\.czi: OpenSlide cannot read it .*needs the czifile package"):
+        open_slide(path)
