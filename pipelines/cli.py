@@ -52,9 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    from pipelines import demo, evaluate, info, make_sample, prepare, stain, train
+    from pipelines import demo, evaluate, info, make_sample, merge_stores, prepare, stain, train
 
-    for module in (make_sample, prepare, train, stain, evaluate, demo, info):
+    for module in (make_sample, prepare, merge_stores, train, stain, evaluate, demo, info):
         module.add_parser(sub, common)
     return parser
 
