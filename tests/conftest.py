@@ -42,12 +42,13 @@ SMALL_TMA = ("grid.rows=2", "grid.cols=3", "grid.core_diameter_um=300", "grid.ga
 SMALL_TILES = ("tiles.size=64", "tiles.stride=64")
 
 
-def _make_small_sample(out: Path, modality: str, seed: int) -> Path:
+def _make_small_sample(out: Path, modality: str, seed: int, *overrides: str) -> Path:
     from stainldm.config import load_config
     from stainldm.data.sample_files import make_sample
     from stainldm.data.synthetic import SampleConfig
 
-    make_sample(out, load_config(SampleConfig, overrides=[*SMALL_TMA, f"modality={modality}", f"seed={seed}"]))
+    make_sample(out, load_config(SampleConfig, overrides=[*SMALL_TMA, f"modality={modality}", f"seed={seed}",
+                                                          *overrides]))
     return out
 
 
@@ -73,6 +74,14 @@ def small_af_pair(tmp_path_factory) -> Path:
 def small_bf_pair(tmp_path_factory) -> Path:
     """A 2×3 brightfield make-sample pair (seed 1: other tissue than ``small_af_pair``) (~3 s)."""
     return _make_small_sample(tmp_path_factory.mktemp("bf_pair"), "brightfield", 1)
+
+
+@pytest.fixture(scope="session")
+def small_real_pair(tmp_path_factory) -> Path:
+    """``small_af_pair`` with make-sample's realism on: structures only one scan shows (deposits and
+    pigment in the H&E, granules and debris in the autofluorescence, dust, dropped nuclei), each
+    scan its own blur (~5 s)."""
+    return _make_small_sample(tmp_path_factory.mktemp("real_pair"), "autofluorescence", 0, "realism.enabled=true")
 
 
 @pytest.fixture(scope="session")

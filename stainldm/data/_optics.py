@@ -41,6 +41,11 @@ on tissue pixels leaves ≈ 92% (autofluorescence) and ≈ 94% (brightfield) of 
 unexplained on the default slide (a quadratic fit: 88% / 94%), while the autofluorescence still
 correlates with the eosin density (r ≈ 0.7): informative, but not a colour lookup.
 
+**Realism extras.** Both take optional content of the unstained slide that the H&E lacks
+(:class:`OpticsExtras`: extra fluorophore emission, a transmission map for dust and absorbing
+debris, an extra blur), drawn by :mod:`stainldm.data._realism`; without them the output is the
+plain simulation, pixel for pixel.
+
 **Limits.** Colour deconvolution with fixed stain vectors on a JPEG-compressed scan is
 approximate. PSFs are Gaussian; no photobleaching, z-variation or spectral bleed-through beyond
 the two mixtures.
@@ -51,6 +56,7 @@ at a time), so a seed gives the same pixels.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import cv2
@@ -121,6 +127,23 @@ class BrightfieldConfig:
     fov_exposure_jitter: float = 0.005
 
 
+@dataclass(frozen=True, eq=False)
+class OpticsExtras:
+    """Content of the unstained slide that the H&E does not show, and the scan's own extra blur.
+
+    Attributes:
+        emission: ``(2, H, W)`` extra fluorophore signal (autofluorescence only; granules, debris),
+            in the units of the simulated signal, before the channel PSF; None for none.
+        transmission: ``(H, W)`` fraction of the light that passes (dust, and in brightfield
+            absorbing granules and debris), before the PSF; None for none.
+        blur_px: σ of an extra Gaussian blur of the whole scan (focus), px; 0 for none.
+    """
+
+    emission: np.ndarray | None = None
+    transmission: np.ndarray | None = None
+    blur_px: float = 0.0
+
+
 def _stain_densities(he: np.ndarray, tissue: np.ndarray, alphas: list[CoreBox],
                      glass_rgb: tuple[int, int, int]) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per core box: haematoxylin and eosin densities from colour deconvolution, relative to
@@ -160,6 +183,18 @@ def _granules(shape_hw, tissue: np.ndarray, per_px: float, rng: np.random.Genera
     return out
 
 
+def _with_extras(signal: np.ndarray, extras: OpticsExtras, *, k: int, psf_px: float) -> np.ndarray:
+    """One channel's signal (or transmitted fraction) times the extra transmission, plus the extra
+    emission of channel ``k``, both through the channel's PSF, then the scan's extra blur."""
+    if extras.transmission is not None:
+        signal = signal * cv2.GaussianBlur(extras.transmission.astype(np.float32), (0, 0), psf_px)
+    if extras.emission is not None:
+        signal = signal + cv2.GaussianBlur(extras.emission[k].astype(np.float32), (0, 0), psf_px)
+    if extras.blur_px > 0:
+        signal = cv2.GaussianBlur(signal.astype(np.float32), (0, 0), extras.blur_px)
+    return signal
+
+
 def _illumination(size_wh, *, variation: float, fov_px: float, vignetting: float, jitter: float,
                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A smooth field (full size) and the per-FOV pieces (x shading, y shading, FOV gains)."""
@@ -194,7 +229,8 @@ def _shot_noise(expected: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def simulate_autofluorescence(he: np.ndarray, tissue: np.ndarray, alphas: list[CoreBox],
                               thickness: list[float], glass_rgb: tuple[int, int, int], *,
-                              af: AutofluorescenceConfig, mpp: float, rng: np.random.Generator) -> np.ndarray:
+                              af: AutofluorescenceConfig, mpp: float, rng: np.random.Generator,
+                              extras: OpticsExtras | None = None) -> np.ndarray:
     """The two-channel autofluorescence image of the section shown by an H&E composite.
 
     Args:
@@ -206,6 +242,7 @@ def simulate_autofluorescence(he: np.ndarray, tissue: np.ndarray, alphas: list[C
         af: the camera model.
         mpp: µm per pixel.
         rng: the source of every random draw.
+        extras: content only the unstained slide shows, and its extra blur (no random draws).
 
     Returns:
         ``(H, W, 2)`` uint16 ADU, channels :data:`AUTOFLUORESCENCE_CHANNELS`.
@@ -227,6 +264,9 @@ def simulate_autofluorescence(he: np.ndarray, tissue: np.ndarray, alphas: list[C
             s = x / (1 + x / af.saturation[k])
             s = cv2.GaussianBlur(s.astype(np.float32), (0, 0), af.psf_sigma_px[k])
             signal[y0 : y0 + bh, x0 : x0 + bw, k] += s  # ~0 outside the disc, so overlapping boxes add nothing
+    if extras is not None:
+        for k in range(2):
+            signal[..., k] = _with_extras(signal[..., k], extras, k=k, psf_px=af.psf_sigma_px[k])
     fov = af.fov_um / mpp
     # One FOV tiling (same objective and camera); each excitation source its own smooth field.
     illum = [_illumination((w, h), variation=af.field_variation, fov_px=fov, vignetting=af.fov_vignetting,
@@ -248,11 +288,12 @@ def simulate_autofluorescence(he: np.ndarray, tissue: np.ndarray, alphas: list[C
 
 def simulate_brightfield(he: np.ndarray, tissue: np.ndarray, alphas: list[CoreBox], thickness: list[float],
                          glass_rgb: tuple[int, int, int], *, bf: BrightfieldConfig, mpp: float,
-                         rng: np.random.Generator) -> np.ndarray:
+                         rng: np.random.Generator, extras: OpticsExtras | None = None) -> np.ndarray:
     """The transmitted-light image of the unstained section shown by an H&E composite.
 
     Args:
-        he, tissue, alphas, thickness, glass_rgb, mpp, rng: as for :func:`simulate_autofluorescence`.
+        he, tissue, alphas, thickness, glass_rgb, mpp, rng, extras: as for
+            :func:`simulate_autofluorescence` (``extras.emission`` is not used: nothing glows).
         bf: the camera model.
 
     Returns:
@@ -270,6 +311,8 @@ def simulate_brightfield(he: np.ndarray, tissue: np.ndarray, alphas: list[CoreBo
         t = absorbed * (1 - bf.phase_contrast * laplacian)  # TIE, weak defocus (Teague 1983)
         t = cv2.GaussianBlur(t.astype(np.float32), (0, 0), bf.psf_sigma_px)
         rel[y0 : y0 + bh, x0 : x0 + bw] *= t  # 1 outside the disc
+    if extras is not None:
+        rel = _with_extras(rel, dataclasses.replace(extras, emission=None), k=0, psf_px=bf.psf_sigma_px)
     smooth, sx, sy, gains = _illumination((w, h), variation=bf.field_variation, fov_px=bf.fov_um / mpp,
                                           vignetting=bf.fov_vignetting, jitter=bf.fov_exposure_jitter, rng=rng)
     out = np.empty((h, w, 1), dtype=np.uint8)

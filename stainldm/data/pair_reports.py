@@ -2,7 +2,8 @@
 
     STORE/slides/ID/cores.geojson, cores.csv     the dearrayed cores (QuPath imports the GeoJSON)
     STORE/slides/ID/registration.json            the pair's transforms
-    STORE/slides/ID/registration.csv             per core: split, use, similarity, landmark error
+    STORE/slides/ID/registration.csv             per core: split, use, similarity, landmark error,
+                                                 each stage's move (px), the stages' disagreement, flag
     STORE/cores.geojson, cores.csv, registration.csv   every slide's, gathered by aggregate_reports
 
 Per-slide CSVs end lines with ``\\r\\n`` (the csv module's default); the store-level ones with
@@ -23,11 +24,12 @@ from stainldm.data.pairs import PairPlan
 from stainldm.data.store import SPLITS, TileStore
 from stainldm.errors import InputError
 from stainldm.files import atomic_write_csv, atomic_write_json
-from stainldm.wsi.register import registration_errors
+from stainldm.wsi.register import STAGES, registration_errors
 from stainldm.wsi.tma import cores_to_geojson, write_cores_csv
 
 REG_COLUMNS = ("slide_id", "core", "split", "use", "sim_before", "sim_after", "landmarks", "tre_median_px",
-               "tre_p95_px", "tre_max_px")
+               "tre_p95_px", "tre_max_px", "move_core_px", "move_tiles_px", "move_deform_px", "disagree_px",
+               "flagged")
 
 
 def write_slide_reports(folder: Path, slide_id: str, plan: PairPlan, splits: Mapping[str, str],
@@ -57,14 +59,28 @@ def write_slide_reports(folder: Path, slide_id: str, plan: PairPlan, splits: Map
     rows = []
     for core_id, (before, after) in reg.core_similarity.items():
         e = errors.get(core_id)
-        use = "used" if reg.core_ok(core_id) else "excluded: low similarity"
+        if reg.core_ok(core_id):
+            use = "used"
+        elif after < reg.min_similarity:
+            use = "excluded: low similarity"
+        else:
+            use = "excluded: stages disagree"
         rows.append([slide_id, core_id, splits.get(f"{slide_id}:{core_id}", ""), use, f"{before:.4f}", f"{after:.4f}",
-                     *(_tre(e) if e is not None else ["", "", "", ""])])
+                     *(_tre(e) if e is not None else ["", "", "", ""]), *_stage_cells(reg, core_id)])
     if errors:
         sims = list(reg.core_similarity.values())
         rows.append([slide_id, "ALL", "", "", f"{np.median([s[0] for s in sims]):.4f}",
-                     f"{np.median([s[1] for s in sims]):.4f}", *_tre(np.concatenate(list(errors.values())))])
+                     f"{np.median([s[1] for s in sims]):.4f}", *_tre(np.concatenate(list(errors.values()))),
+                     "", "", "", "", str(sum(reg.flagged(k) for k in reg.cores))])
     atomic_write_csv(folder / "registration.csv", [REG_COLUMNS, *rows])
+
+
+def _stage_cells(reg, core_id: str) -> list[str]:
+    """How far the core, tiles and deformable stages moved the core (median, stained level-0 px;
+    blank for a stage that did not run), the stages' disagreement and the flag (``ALL``: how many)."""
+    tf = reg.cores[core_id]
+    moves = [f"{tf.motion[s].moved_px:.3f}" if s in tf.motion else "" for s in STAGES]
+    return [*moves, f"{tf.disagree_px:.3f}", "yes" if reg.flagged(core_id) else "no"]
 
 
 def _tre(e: np.ndarray) -> list[str]:

@@ -20,6 +20,7 @@ import numpy as np
 from stainldm.config import apply_overrides, from_dict, load_yaml
 from stainldm.data.split import SplitConfig
 from stainldm.errors import ConfigError, InputError
+from stainldm.wsi.channels import parse_channels
 from stainldm.wsi.reader import SlideReader
 from stainldm.wsi.register import PairRegistration, RegisterConfig, register_pair, sample_transformed
 from stainldm.wsi.tiling import mask_fraction, tile_grid
@@ -53,6 +54,9 @@ class PrepareConfig:
     seed: int = 0
     workers: int = 2
     unstained_modality: str = "auto"
+    #: the unstained channels to use, in this order: names or 0-based indices, comma-separated
+    #: (``DAPI,FITC``; ``stainldm.wsi.channels``); None: all of them
+    channels: str | None = None
     tiles: TileConfig = field(default_factory=TileConfig)
     tissue: TissueConfig = field(default_factory=TissueConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
@@ -87,6 +91,8 @@ def check_config(cfg: PrepareConfig) -> None:
         raise ConfigError(f"tiles.min_tissue ({t.min_tissue}) must be in [0, 1]")
     if cfg.workers < 1:
         raise ConfigError(f"workers ({cfg.workers}) must be at least 1")
+    if cfg.channels is not None:
+        parse_channels(cfg.channels)  # an empty entry fails here, before any slide is read
 
 
 def load_prepare_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> PrepareConfig:
@@ -169,8 +175,9 @@ def cut_pair(unstained: SlideReader, stained: SlideReader, plan: PairPlan, core:
 def _sim_at(tf, centre: tuple[float, float]) -> tuple[float, float]:
     if tf.sim_after.size == 0:
         return float("nan"), float("nan")
-    i = int(np.argmin(np.abs(tf.grid_x - centre[0])))
-    j = int(np.argmin(np.abs(tf.grid_y - centre[1])))
+    tile_x, tile_y = tf.sim_grid  # the tile stage's grid (the deformable stage's is denser)
+    i = int(np.argmin(np.abs(tile_x - centre[0])))
+    j = int(np.argmin(np.abs(tile_y - centre[1])))
     return float(tf.sim_before[j, i]), float(tf.sim_after[j, i])
 
 

@@ -26,13 +26,17 @@ This module is the recipe; each step is its own module:
    brightfield (uint8, glass ≈ 245).
 6. **Truth** (here): tissue landmarks per core with their stained positions, and everything above,
    as truth.json records it.
+7. **Realism** (optional, :mod:`stainldm.data._realism`; ``realism.enabled``): structures one side
+   shows and the other does not (DAB-like deposits, pigment, dust, bright granules, debris, missing
+   nuclei), each slide its own blur, noise and contrast. Drawn in the unstained frame before the
+   warp, from their own seed stream: layout, transform, tissue mask and landmarks do not change.
 
 **Limits.** It is a simulation from H&E, not a measurement: the unstained image is (up to noise
 and granules) a function of the H&E, so a model can learn relations real pairs do not have, and
 real autofluorescence carries contrast H&E lacks (elastin vs collagen, lipids, metabolic state).
-The stained slide is the real H&E resampled, not a second scan: no stain or focus differences
-between the slides, no tissue lost, folded or torn by staining. All cores come from one small skin
-slide, so tissue repeats across train cores.
+The stained slide is the real H&E resampled, not a second scan: without ``realism`` no stain or
+focus differences between the slides; in no case tissue lost, folded or torn by staining. All
+cores come from one small skin slide, so tissue repeats across train cores.
 
 Coordinates are level-0 pixels, continuous, pixel ``(i, j)`` covering ``[i, i+1) × [j, j+1)`` as
 in :meth:`SlideReader.read_at_mpp`; its centre is ``(i + 0.5, j + 0.5)``.
@@ -58,6 +62,14 @@ from stainldm.data._optics import (
     CoreBox,
     simulate_autofluorescence,
     simulate_brightfield,
+)
+from stainldm.data._realism import (
+    OneSided,
+    RealismConfig,
+    draw_one_sided,
+    finish_stained,
+    summarize,
+    unstained_camera,
 )
 from stainldm.data.sample_plan import SamplingConfig, SourcePlan, plan_source
 from stainldm.data.tma_layout import GridConfig, Layout, core_alpha, core_matrix, plan_layout
@@ -94,6 +106,8 @@ class SampleConfig:
         mpp: µm per pixel of both output slides.
         thickness_variation: per-core section thickness factor is drawn from ``1 ± this``.
         landmarks_per_core: tissue landmarks recorded per core.
+        realism: one-sided structures and per-slide optics (off by default; see
+            :class:`~stainldm.data._realism.RealismConfig`).
     """
 
     seed: int = 0
@@ -106,6 +120,7 @@ class SampleConfig:
     misregistration: MisregistrationConfig = field(default_factory=MisregistrationConfig)
     autofluorescence: AutofluorescenceConfig = field(default_factory=AutofluorescenceConfig)
     brightfield: BrightfieldConfig = field(default_factory=BrightfieldConfig)
+    realism: RealismConfig = field(default_factory=RealismConfig)
 
     def __post_init__(self) -> None:
         if not 0.05 <= self.mpp <= 10:
@@ -126,11 +141,14 @@ class SamplePair:
     Attributes:
         unstained: ``(H, W, C)`` unstained slide (uint16 autofluorescence or uint8 brightfield).
         stained: ``(H', W', 3)`` uint8 H&E slide in its own frame.
-        he_aligned: ``(H, W, 3)`` uint8 H&E in the unstained frame (what ``stained`` is warped from).
+        he_aligned: ``(H, W, 3)`` uint8 H&E in the unstained frame (what ``stained`` is warped from;
+            with realism, before the stained scan's own blur and noise).
         tissue_mask: ``(H, W)`` bool, tissue in the unstained frame.
         channel_names: names of the unstained channels.
         mpp: µm per pixel of both slides.
         truth: the ground truth, as written to truth.json (JSON-serialisable).
+        realism_masks: with realism, per one-sided structure the ``(H, W)`` bool pixels it covers
+            in the unstained frame (truth.json's ``realism`` says which side shows it); else empty.
     """
 
     unstained: np.ndarray
@@ -140,6 +158,7 @@ class SamplePair:
     channel_names: tuple[str, ...]
     mpp: float
     truth: dict[str, Any]
+    realism_masks: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,7 +172,9 @@ def make_tma_pair(source: SlideReader, cfg: SampleConfig) -> SamplePair:
         cfg: the simulation settings (``cfg.seed`` makes it reproducible).
 
     Returns:
-        the pair and its ground truth (see the module docstring and truth.json's ``conventions``).
+        the pair and its ground truth (see the module docstring and truth.json's ``conventions``);
+        with ``cfg.realism.enabled`` truth.json also gets ``realism``: per one-sided structure the
+        side that shows it, its count and the fraction of tissue and slide pixels it covers.
 
     Raises:
         InputError: the source has no mpp, is not RGB, or has too little tissue for the cores.
@@ -165,8 +186,9 @@ def make_tma_pair(source: SlideReader, cfg: SampleConfig) -> SamplePair:
     if source.channels != 3 or source.dtype != np.uint8:
         raise InputError(f"{source.name}: the source must be an RGB uint8 H&E slide, got {source.channels} "
                          f"channel(s) of {np.dtype(source.dtype).name}")
-    rng_layout, rng_source, rng_warp, rng_optics, rng_marks = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(5))
+    # The sixth child (realism) leaves the first five, and so the plain simulation, unchanged.
+    seeds = np.random.SeedSequence(cfg.seed).spawn(6)
+    rng_layout, rng_source, rng_warp, rng_optics, rng_marks = (np.random.default_rng(s) for s in seeds[:5])
 
     layout = plan_layout(cfg.grid, mpp=cfg.mpp, thickness_variation=cfg.thickness_variation, rng=rng_layout)
     plan = plan_source(source, layout, mpp=cfg.mpp, sampling=cfg.sampling,
@@ -182,20 +204,31 @@ def make_tma_pair(source: SlideReader, cfg: SampleConfig) -> SamplePair:
     transform = draw_misregistration(cfg.misregistration, size_wh=layout.size_wh,
                                      centers_xy=np.array([c.center_xy for c in layout.cores]),
                                      reach_px=layout.reach_px, margin_px=layout.margin_px, mpp=cfg.mpp, rng=rng_warp)
-    stained = render_stained(he, transform, plan.glass_rgb)
+    one: OneSided | None = None
+    he_stained, he_unstained, extras, af, bf = he, he, None, cfg.autofluorescence, cfg.brightfield
+    if cfg.realism.enabled:
+        one = draw_one_sided(he, tissue, alphas, realism=cfg.realism, modality=cfg.modality, mpp=cfg.mpp,
+                             glass_rgb=plan.glass_rgb, seed=seeds[5])
+        he_stained, he_unstained, extras = one.he_stained, one.he_unstained, one.extras
+        af, bf = unstained_camera(cfg.realism, af, bf)
+    stained = render_stained(he_stained, transform, plan.glass_rgb)
+    if one is not None:
+        stained = finish_stained(stained, realism=cfg.realism, mpp=cfg.mpp, seed=seeds[5])
     thickness = [c.thickness for c in layout.cores]
     if cfg.modality == "autofluorescence":
-        unstained = simulate_autofluorescence(he, tissue, alphas, thickness, plan.glass_rgb,
-                                              af=cfg.autofluorescence, mpp=cfg.mpp, rng=rng_optics)
+        unstained = simulate_autofluorescence(he_unstained, tissue, alphas, thickness, plan.glass_rgb,
+                                              af=af, mpp=cfg.mpp, rng=rng_optics, extras=extras)
         names = AUTOFLUORESCENCE_CHANNELS
     else:
-        unstained = simulate_brightfield(he, tissue, alphas, thickness, plan.glass_rgb,
-                                         bf=cfg.brightfield, mpp=cfg.mpp, rng=rng_optics)
+        unstained = simulate_brightfield(he_unstained, tissue, alphas, thickness, plan.glass_rgb,
+                                         bf=bf, mpp=cfg.mpp, rng=rng_optics, extras=extras)
         names = BRIGHTFIELD_CHANNELS
     landmarks = _landmarks(layout, tissue, transform, cfg.landmarks_per_core, rng_marks)
     truth = _truth(source, cfg, layout, plan, transform, landmarks, unstained, stained, names)
-    return SamplePair(unstained=unstained, stained=stained, he_aligned=he, tissue_mask=tissue,
-                      channel_names=names, mpp=cfg.mpp, truth=truth)
+    if one is not None:
+        truth["realism"] = summarize(one, tissue)
+    return SamplePair(unstained=unstained, stained=stained, he_aligned=he_stained, tissue_mask=tissue,
+                      channel_names=names, mpp=cfg.mpp, truth=truth, realism_masks=one.masks if one else {})
 
 
 def _render_he(source: SlideReader, mpp: float, layout: Layout,

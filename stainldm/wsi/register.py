@@ -5,8 +5,8 @@ resample the stained slide onto the unstained tile grid):
 
     p_stained = M_core · (p_unstained + d(p_unstained))
 
-where ``M_core`` is a 3×3 affine per core and ``d`` a smooth field of per-tile residual shifts
-(bilinear between tile centres). Three stages, each on a modality-robust representation:
+where ``M_core`` is a 3×3 affine per core and ``d`` a smooth field of residual pre-shifts
+(bilinear between grid nodes). Four stages, each on a modality-robust representation:
 
 1. **coarse** (slide, ~8 µm/px): "tissue signal" images that are positive on tissue in every
    modality (optical density of H&E, darkness of unstained brightfield, normalised intensity of
@@ -19,6 +19,18 @@ where ``M_core`` is a 3×3 affine per core and ``d`` a smooth field of per-tile 
 3. **tiles** (level 0): sub-pixel phase correlation (scikit-image, upsampled) of gradient
    magnitudes per tile; shifts that do not raise the similarity, exceed the allowed size or
    disagree with their neighbours are replaced by the neighbours' median.
+4. **deform** (``deform_mpp``, level 0 by default): a regularised dense flow between the structure
+   images (:mod:`stainldm.wsi.deform`), stored as a denser grid of pre-shifts.
+
+**Each stage may only improve the alignment** (``stage_checks``): stages 2-4 estimate their move
+on the *robust pair* (structure clipped, structure that only one modality shows — DAB or pigment,
+autofluorescent granules, dust — removed: :mod:`stainldm.wsi._register_signal`) and keep it only if
+the robust similarity at their own resolution rises over the coarser stage's result, evaluated
+at that resolution; otherwise the coarser result stays. Each core records how far each stage
+moved it and how far the stages' estimates disagree (``CoreTransform.motion``, ``disagree_px``);
+a core whose stages disagree by more than ``max_disagreement_px`` is flagged and its tiles are
+left out unless ``keep_flagged``. ``RegisterConfig(stage_checks=False, deformable=False)`` is the
+original three-stage registration (the benchmark's anchor).
 
 Similarity is reported as NCC of gradient magnitudes before (after the coarse stage only) and
 after; a pair whose similarity stays low is refused (:class:`RegistrationError`), so mismatched
@@ -28,18 +40,30 @@ slides never produce silently misaligned training pairs.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
-from scipy import ndimage as ndi
-from skimage.registration import phase_cross_correlation
 
-from stainldm.errors import InputError, StainLDMError
-from stainldm.wsi import _resample
+from stainldm.errors import ConfigError, InputError, StainLDMError
+from stainldm.wsi._register_signal import ncc, robust_ncc, structure, tissue_signal
+from stainldm.wsi._register_stages import coarse_align, refine_core, refine_tiles
+from stainldm.wsi._register_transform import (
+    STAGES,
+    CoreTransform,
+    StageMotion,
+    core_points,
+    grid_points,
+    motion_between,
+    sample_points,
+    sample_transformed,
+)
+from stainldm.wsi.deform import METHODS, refine_deform
 from stainldm.wsi.reader import SlideReader
-from stainldm.wsi.tissue import guess_modality
+
+__all__ = ["STAGES", "CoreTransform", "PairRegistration", "RegisterConfig", "RegistrationError", "StageMotion",
+           "coarse_align", "grid_points", "ncc", "refine_core", "refine_tiles", "register_pair",
+           "registration_errors", "robust_ncc", "sample_points", "sample_transformed", "stage_errors",
+           "structure", "tissue_signal"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +92,26 @@ class RegisterConfig:
         min_core_similarity: a single core below this is left out of the training tiles (lowest
             matched core seen: 0.38, an epidermis edge; mismatched cores: ≤ 0.34, median 0.2).
         unstained_modality, stained_modality: tissue-signal model per slide (``auto`` guesses).
+        stage_checks: estimate each stage on the robust pair and keep its move only if its own
+            robust similarity confirms it (False: the original stages, for comparison).
+        one_sided_radius: pixels (at each stage's resolution) searched in the other image before
+            strong structure counts as one-sided.
+        deformable: run the deformable stage after the tiles.
+        deform_method: ``blocks`` (dense phase correlation: one window per grid node), ``ilk``
+            (scikit-image iterative Lucas-Kanade) or ``tvl1`` (TV-L1); see :mod:`stainldm.wsi.deform`.
+        deform_mpp: µm/px of the deformable stage.
+        deform_window_um: block edge (``blocks``; four times the Lucas-Kanade window radius).
+        deform_sigma_um: Gaussian σ of the field's regularisation.
+        deform_grid_um: node spacing of the deformable pre-shift grid.
+        deform_iterations: rounds of flow estimation, each on the stained core warped by the last.
+        deform_check_um: edge of the blocks in which the deformable field must raise the robust
+            similarity (elsewhere the tile stage's field stays).
+        deform_min_px: smaller corrections (level-0 px) of the deformable stage are dropped.
+        max_deform_px: largest correction (level-0 px) the deformable stage may add.
+        max_disagreement_px: a core whose stages' position estimates differ from the final one by
+            more, counted in each stage's own pixels (the core stage's are ``core_mpp`` µm, the
+            deformable stage's ``deform_mpp``; never less than a level-0 pixel), is flagged.
+        keep_flagged: keep flagged cores' tiles (they are left out by default).
     """
 
     coarse_mpp: float = 8.0
@@ -81,330 +125,31 @@ class RegisterConfig:
     min_core_similarity: float = 0.25
     unstained_modality: str = "auto"
     stained_modality: str = "he"
+    stage_checks: bool = True
+    one_sided_radius: int = 3
+    deformable: bool = True
+    deform_method: str = "blocks"
+    deform_mpp: float = 0.5
+    deform_window_um: float = 64.0
+    deform_sigma_um: float = 16.0
+    deform_grid_um: float = 24.0
+    deform_iterations: int = 2
+    deform_check_um: float = 64.0
+    deform_min_px: float = 0.5
+    max_deform_px: float = 8.0
+    max_disagreement_px: float = 2.0
+    keep_flagged: bool = False
 
-
-@dataclass
-class CoreTransform:
-    """Unstained -> stained mapping of one core: affine plus a grid of residual pre-shifts.
-
-    Attributes:
-        matrix: 3×3 affine, unstained level-0 px -> stained level-0 px.
-        grid_x, grid_y: tile-centre coordinates (unstained level-0 px) of the shift grid.
-        shifts: ``(len(grid_y), len(grid_x), 2)`` pre-shifts (dx, dy) in unstained level-0 px.
-        sim_before, sim_after: per-tile similarity (gradient NCC) before/after refinement.
-    """
-
-    matrix: np.ndarray
-    grid_x: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    grid_y: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    shifts: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 2)))
-    sim_before: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
-    sim_after: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
-
-    def displacement(self, xy: np.ndarray) -> np.ndarray:
-        """Bilinearly interpolated pre-shift at unstained points ``xy`` (N, 2)."""
-        if self.shifts.size == 0:
-            return np.zeros_like(xy, dtype=np.float64)
-        out = np.empty((len(xy), 2))
-        fx = _grid_coord(self.grid_x, xy[:, 0])
-        fy = _grid_coord(self.grid_y, xy[:, 1])
-        for k in range(2):
-            out[:, k] = ndi.map_coordinates(self.shifts[..., k], [fy, fx], order=1, mode="nearest")
-        return out
-
-    def map_points(self, xy: np.ndarray) -> np.ndarray:
-        """Maps unstained level-0 points (N, 2) to stained level-0 points (N, 2)."""
-        xy = np.asarray(xy, dtype=np.float64)
-        p = xy + self.displacement(xy)
-        return p @ self.matrix[:2, :2].T + self.matrix[:2, 2]
-
-    def to_json(self) -> dict:
-        return {"matrix": self.matrix.tolist(), "grid_x": self.grid_x.tolist(), "grid_y": self.grid_y.tolist(),
-                "shifts": np.round(self.shifts, 4).tolist()}
-
-    @classmethod
-    def from_json(cls, data: dict) -> CoreTransform:
-        shifts = np.asarray(data.get("shifts", []), dtype=np.float64)
-        return cls(np.asarray(data["matrix"], dtype=np.float64), np.asarray(data.get("grid_x", [])),
-                   np.asarray(data.get("grid_y", [])), shifts.reshape(-1, len(data.get("grid_x", [])) or 0, 2)
-                   if shifts.size else np.zeros((0, 0, 2)))
-
-
-def _grid_coord(grid: np.ndarray, v: np.ndarray) -> np.ndarray:
-    if len(grid) == 1:
-        return np.zeros_like(v)
-    return np.interp(v, grid, np.arange(len(grid)))
-
-
-# ---------------------------------------------------------------------------------------------
-# Representations
-# ---------------------------------------------------------------------------------------------
-def tissue_signal(img: np.ndarray, modality: str = "auto") -> np.ndarray:
-    """A float32 image that is ~0 on glass and positive on tissue, whatever the modality."""
-    img = img[..., None] if img.ndim == 2 else img
-    if modality == "auto":
-        modality = guess_modality(img)
-    if modality == "he":
-        rgb = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img.astype(np.float32)
-        return np.clip(-np.log10(np.clip(rgb, 1 / 255, 1)).mean(axis=2), 0, 2).astype(np.float32)
-    if modality == "brightfield":
-        gray = img.astype(np.float32).mean(axis=2)
-        glass = float(np.percentile(gray, 95)) or 1.0
-        return np.clip(1 - gray / glass, 0, 1).astype(np.float32) * 10
-    if modality == "fluorescence":
-        x = img.astype(np.float32)
-        out = np.zeros(x.shape[:2], np.float32)
-        for c in range(x.shape[2]):
-            lo, hi = np.percentile(x[..., c], [1, 99.5])
-            out += np.clip((x[..., c] - lo) / max(hi - lo, 1e-6), 0, 1.5)
-        return out / x.shape[2]
-    raise InputError(f"unknown modality '{modality}' for registration; use auto, he, brightfield or fluorescence")
-
-
-def structure(signal: np.ndarray, sigma: float = 1.5) -> np.ndarray:
-    """Gradient magnitude of the smoothed signal: sign-free edges shared across modalities."""
-    s = cv2.GaussianBlur(signal.astype(np.float32), (0, 0), sigma)
-    gx = cv2.Sobel(s, cv2.CV_32F, 1, 0, ksize=3)
-    gy = cv2.Sobel(s, cv2.CV_32F, 0, 1, ksize=3)
-    g = np.sqrt(gx * gx + gy * gy)
-    scale = float(np.percentile(g, 99)) or 1.0
-    return np.clip(g / scale, 0, 2)
-
-
-def ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """Normalised cross-correlation of two images (optionally within a mask)."""
-    if mask is not None:
-        a, b = a[mask], b[mask]
-    a = a.astype(np.float64).ravel() - a.mean()
-    b = b.astype(np.float64).ravel() - b.mean()
-    den = math.sqrt(float(a @ a) * float(b @ b))
-    return float(a @ b / den) if den > 0 else 0.0
-
-
-# ---------------------------------------------------------------------------------------------
-# Warped reading
-# ---------------------------------------------------------------------------------------------
-def grid_points(xy: tuple[float, float], size_wh: tuple[int, int], step: float) -> np.ndarray:
-    """Level-0 centres of an output grid: ``(H, W, 2)`` with (x, y) = xy + (u+0.5, v+0.5)·step."""
-    w, h = size_wh
-    u = xy[0] + (np.arange(w) + 0.5) * step
-    v = xy[1] + (np.arange(h) + 0.5) * step
-    gx, gy = np.meshgrid(u, v)
-    return np.stack([gx, gy], axis=-1)
-
-
-def sample_points(slide: SlideReader, pts: np.ndarray, *, step: float) -> np.ndarray:
-    """Samples ``slide`` at level-0 points ``pts`` (H, W, 2), anti-aliased for a sampling ``step``.
-
-    Args:
-        slide: the slide to sample.
-        pts: level-0 coordinates of every output pixel's centre.
-        step: level-0 pixels of ``slide`` between neighbouring output pixels (sets the level and
-            the anti-aliasing blur).
-    """
-    level = slide.best_level_for_downsample(step)
-    ds = slide.level_downsamples[level]
-    s = step / ds
-    pad = math.ceil(3 * s) + 3
-    q = pts / ds - 0.5  # level pixel coordinates (pixel-centre convention)
-    x0 = math.floor(float(q[..., 0].min())) - pad
-    y0 = math.floor(float(q[..., 1].min())) - pad
-    x1 = math.ceil(float(q[..., 0].max())) + pad
-    y1 = math.ceil(float(q[..., 1].max())) + pad
-    src = slide.read_region((round(x0 * ds), round(y0 * ds)), (x1 - x0 + 1, y1 - y0 + 1), level)
-    mx = (q[..., 0] - x0).astype(np.float32)
-    my = (q[..., 1] - y0).astype(np.float32)
-    return _resample.remap(src, mx, my, blur_sigma=max(0.0, (s - 1) / 2), background=slide.background)
-
-
-def sample_transformed(slide: SlideReader, transform: CoreTransform, xy: tuple[float, float],
-                       size_wh: tuple[int, int], *, step: float) -> np.ndarray:
-    """The stained ``slide`` on an unstained-frame grid starting at ``xy`` with ``step`` unstained
-    level-0 px per output pixel."""
-    pts = grid_points(xy, size_wh, step)
-    mapped = transform.map_points(pts.reshape(-1, 2)).reshape(pts.shape)
-    scale = math.sqrt(abs(np.linalg.det(transform.matrix[:2, :2])))
-    return sample_points(slide, mapped, step=step * scale)
-
-
-# ---------------------------------------------------------------------------------------------
-# Stage 1: slide-level rigid search + affine ECC
-# ---------------------------------------------------------------------------------------------
-def _thumb(slide: SlideReader, mpp: float) -> np.ndarray:
-    w, h = slide.dimensions
-    size = (max(8, math.ceil(w * slide.mpp[0] / mpp)), max(8, math.ceil(h * slide.mpp[1] / mpp)))
-    return slide.read_at_mpp((0, 0), size, mpp)
-
-
-def _pixel_frame(f: float) -> tuple[np.ndarray, np.ndarray]:
-    """(level-0 -> grid, grid -> level-0) 3×3 maps for a grid of ``f`` level-0 px per pixel,
-    pixel centres at (i + 0.5)·f."""
-    to_grid = np.array([[1 / f, 0, -0.5], [0, 1 / f, -0.5], [0, 0, 1]])
-    to_level0 = np.array([[f, 0, 0.5 * f], [0, f, 0.5 * f], [0, 0, 1]])
-    return to_grid, to_level0
-
-
-def _ecc(template: np.ndarray, moving: np.ndarray, warp: np.ndarray, *, iterations: int = 200,
-         motion: int = cv2.MOTION_AFFINE) -> np.ndarray:
-    """ECC (affine by default); returns the refined 2×3 warp (template coords -> moving coords),
-    or the input warp when ECC does not converge."""
-    w = warp.astype(np.float32).copy()
-    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, iterations, 1e-6)
-    try:
-        _, w = cv2.findTransformECC(template.astype(np.float32), moving.astype(np.float32), w,
-                                    motion, criteria, None, 1)
-    except cv2.error as exc:
-        log.debug("ECC did not converge (%s); keeping the previous estimate", exc)
-        return warp
-    return w.astype(np.float64)
-
-
-def coarse_align(unstained: SlideReader, stained: SlideReader, cfg: RegisterConfig) -> tuple[np.ndarray, float]:
-    """Slide-level affine (3×3, unstained level-0 -> stained level-0) and its tissue-signal NCC."""
-    fixed = tissue_signal(_thumb(unstained, cfg.coarse_mpp), cfg.unstained_modality)
-    moving = tissue_signal(_thumb(stained, cfg.coarse_mpp), cfg.stained_modality)
-    fixed = fixed / (float(np.percentile(fixed, 99.5)) or 1.0)
-    moving = moving / (float(np.percentile(moving, 99.5)) or 1.0)
-    H = max(fixed.shape[0], moving.shape[0])
-    W = max(fixed.shape[1], moving.shape[1])
-    ph, pw = cv2.getOptimalDFTSize(2 * H), cv2.getOptimalDFTSize(2 * W)
-    f_pad = np.zeros((ph, pw), np.float32)
-    f_pad[: fixed.shape[0], : fixed.shape[1]] = fixed - fixed.mean()
-    F = np.fft.rfft2(f_pad)
-    centre = (moving.shape[1] / 2, moving.shape[0] / 2)
-    best = (-np.inf, 0.0, (0, 0))
-    n_steps = round(cfg.max_rotation_deg / cfg.rotation_step_deg)
-    for k in range(-n_steps, n_steps + 1):
-        angle = k * cfg.rotation_step_deg
-        rot = cv2.getRotationMatrix2D(centre, angle, 1.0)
-        g = cv2.warpAffine(moving, rot, (W, H), flags=cv2.INTER_LINEAR, borderValue=0)
-        g_pad = np.zeros((ph, pw), np.float32)
-        g_pad[:H, :W] = g - g.mean()
-        corr = np.fft.irfft2(F * np.conj(np.fft.rfft2(g_pad)), s=(ph, pw))
-        score = float(corr.max()) / (float(np.linalg.norm(f_pad)) * float(np.linalg.norm(g_pad)) + 1e-9)
-        if score > best[0]:
-            iy, ix = np.unravel_index(int(np.argmax(corr)), corr.shape)
-            best = (score, angle, (ix if ix < pw // 2 else ix - pw, iy if iy < ph // 2 else iy - ph))
-    _, angle, (tx, ty) = best
-    # corr peak t: fixed(p + t) ~ g(p) = moving(rot⁻¹ p)  =>  moving point = rot⁻¹ (p_fixed - t)
-    rot3 = np.vstack([cv2.getRotationMatrix2D(centre, angle, 1.0), [0, 0, 1]])
-    shift = np.array([[1, 0, -tx], [0, 1, -ty], [0, 0, 1]], dtype=np.float64)
-    warp = (np.linalg.inv(rot3) @ shift)[:2]
-    warp = _ecc(_pad_to(fixed, H, W), _pad_to(moving, H, W), warp)
-    f_u = cfg.coarse_mpp / unstained.mpp[0]
-    f_s = cfg.coarse_mpp / stained.mpp[0]
-    to_grid_u, _ = _pixel_frame(f_u)
-    _, to_level0_s = _pixel_frame(f_s)
-    matrix = to_level0_s @ np.vstack([warp, [0, 0, 1]]) @ to_grid_u
-    warped = cv2.warpAffine(_pad_to(moving, H, W), warp.astype(np.float32), (W, H),
-                            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
-    return matrix, ncc(_pad_to(fixed, H, W), warped)
-
-
-def _pad_to(a: np.ndarray, h: int, w: int) -> np.ndarray:
-    out = np.zeros((h, w), np.float32)
-    out[: a.shape[0], : a.shape[1]] = a
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Stage 2: per-core affine
-# ---------------------------------------------------------------------------------------------
-def refine_core(unstained: SlideReader, stained: SlideReader, matrix: np.ndarray,
-                bbox_xywh: tuple[int, int, int, int], cfg: RegisterConfig) -> tuple[np.ndarray, float, float]:
-    """Rigid ECC on gradient magnitudes around one core; returns (matrix, sim_before, sim_after)."""
-    x, y, w, h = bbox_xywh
-    mx, my = cfg.core_margin * w, cfg.core_margin * h
-    xy = (x - mx, y - my)
-    step = cfg.core_mpp / unstained.mpp[0]
-    size = (max(16, math.ceil((w + 2 * mx) / step)), max(16, math.ceil((h + 2 * my) / step)))
-    fixed = structure(tissue_signal(unstained.read_at_mpp(xy, size, cfg.core_mpp), cfg.unstained_modality))
-
-    def moving_for(m: np.ndarray) -> np.ndarray:
-        img = sample_transformed(stained, CoreTransform(m), xy, size, step=step)
-        return structure(tissue_signal(img, cfg.stained_modality))
-
-    moving = moving_for(matrix)
-    before = ncc(fixed, moving)
-    # Rigid (rotation + shift) per core: the slide-level stage already took the affine part; more
-    # freedom here fits noise on faint modalities (unstained brightfield).
-    warp = _ecc(fixed, moving, np.eye(3)[:2], motion=cv2.MOTION_EUCLIDEAN)
-    to_grid = np.array([[1 / step, 0, -xy[0] / step - 0.5], [0, 1 / step, -xy[1] / step - 0.5], [0, 0, 1]])
-    to_level0 = np.array([[step, 0, xy[0] + 0.5 * step], [0, step, xy[1] + 0.5 * step], [0, 0, 1]])
-    refined = matrix @ to_level0 @ np.vstack([warp, [0, 0, 1]]) @ to_grid
-    after = ncc(fixed, moving_for(refined))
-    if after < before:  # ECC wandered off: keep the slide-level estimate
-        return matrix, before, before
-    return refined, before, after
-
-
-# ---------------------------------------------------------------------------------------------
-# Stage 3: per-tile residual shifts
-# ---------------------------------------------------------------------------------------------
-def refine_tiles(unstained: SlideReader, stained: SlideReader, matrix: np.ndarray,
-                 bbox_xywh: tuple[int, int, int, int], cfg: RegisterConfig,
-                 baseline: np.ndarray | None = None) -> CoreTransform:
-    """Sub-pixel residual shifts on a grid of level-0 tiles over a core's box.
-
-    ``sim_before`` is measured with ``baseline`` (the slide-level matrix) when given, so that
-    before/after compare the slide-level alignment with the final one at the same scale.
-    """
-    x, y, w, h = bbox_xywh
-    t = cfg.tile_px
-    while t > 64 and t > min(w, h) / 2.5:  # small cores: smaller tiles, so tiles see tissue, not glass
-        t //= 2
-    nx, ny = max(1, math.ceil(w / t)), max(1, math.ceil(h / t))
-    x0 = x + (w - nx * t) / 2
-    y0 = y + (h - ny * t) / 2
-    grid_x = x0 + (np.arange(nx) + 0.5) * t
-    grid_y = y0 + (np.arange(ny) + 0.5) * t
-    shifts = np.full((ny, nx, 2), np.nan)
-    before = np.full((ny, nx), np.nan)
-    after = np.full((ny, nx), np.nan)
-    base = CoreTransform(matrix)
-    for j in range(ny):
-        for i in range(nx):
-            txy = (round(x0 + i * t), round(y0 + j * t))
-            sig = tissue_signal(unstained.read_region(txy, (t, t)), cfg.unstained_modality)
-            fixed = structure(sig)
-            moving = structure(tissue_signal(sample_transformed(stained, base, txy, (t, t), step=1.0),
-                                             cfg.stained_modality))
-            b = ncc(fixed, moving)
-            after[j, i] = b
-            if baseline is None:
-                before[j, i] = b
-            else:
-                ref = sample_transformed(stained, CoreTransform(baseline), txy, (t, t), step=1.0)
-                before[j, i] = ncc(fixed, structure(tissue_signal(ref, cfg.stained_modality)))
-            if fixed.std() < 1e-3 or moving.std() < 1e-3:
-                continue  # glass: no structure to match
-            shift, _, _ = phase_cross_correlation(fixed, moving, upsample_factor=20, normalization=None)
-            if np.hypot(*shift) > cfg.max_tile_shift_px:
-                continue
-            a = ncc(fixed, ndi.shift(moving, shift, order=1, mode="nearest"))
-            if a > b:
-                shifts[j, i] = (-shift[1], -shift[0])
-                after[j, i] = a
-    shifts = _clean_shift_field(shifts)
-    return CoreTransform(matrix, grid_x, grid_y, shifts, before, after)
-
-
-def _clean_shift_field(shifts: np.ndarray, *, tolerance_px: float = 1.5) -> np.ndarray:
-    """Fills missing shifts and replaces outliers with the median of their 3×3 neighbours."""
-    out = shifts.copy()
-    valid = ~np.isnan(out[..., 0])
-    if not valid.any():
-        return np.zeros_like(out)
-    global_median = np.nanmedian(out.reshape(-1, 2), axis=0)
-    ny, nx = valid.shape
-    for j in range(ny):
-        for i in range(nx):
-            nb = shifts[max(0, j - 1) : j + 2, max(0, i - 1) : i + 2].reshape(-1, 2)
-            nb = nb[~np.isnan(nb[:, 0])]
-            med = np.median(nb, axis=0) if len(nb) else global_median
-            if not valid[j, i] or (len(nb) >= 3 and np.hypot(*(out[j, i] - med)) > tolerance_px):
-                out[j, i] = med
-    return out
+    def __post_init__(self) -> None:
+        if self.deform_method not in METHODS:
+            raise ConfigError(f"`register.deform_method` ({self.deform_method!r}) must be one of {', '.join(METHODS)}")
+        for name in ("deform_mpp", "deform_window_um", "deform_sigma_um", "deform_grid_um", "deform_check_um",
+                     "max_disagreement_px"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"`register.{name}` ({getattr(self, name)}) must be positive")
+        if self.one_sided_radius < 1 or self.deform_iterations < 1:
+            raise ConfigError(f"`register.one_sided_radius` ({self.one_sided_radius}) and "
+                              f"`register.deform_iterations` ({self.deform_iterations}) must be at least 1")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,7 +157,19 @@ def _clean_shift_field(shifts: np.ndarray, *, tolerance_px: float = 1.5) -> np.n
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class PairRegistration:
-    """Registration of one slide pair: the slide-level affine and one transform per core."""
+    """Registration of one slide pair: the slide-level affine and one transform per core.
+
+    Attributes:
+        matrix: the slide-level affine (3×3, unstained level-0 -> stained level-0).
+        coarse_similarity: tissue-signal NCC of the slide-level stage.
+        cores: the final transform per core.
+        core_similarity: per core, median gradient NCC (before: slide-level only; after: final).
+        min_similarity: a core below it is left out (``RegisterConfig.min_core_similarity``).
+        max_disagreement_px: a core whose stages disagree by more is flagged.
+        keep_flagged: whether flagged cores are used anyway.
+        stages: per stage (``coarse``, ``core``, ``tiles``, ``deform``), the transform per core
+            after it (not saved; for stage-by-stage errors).
+    """
 
     matrix: np.ndarray
     coarse_similarity: float
@@ -420,15 +177,37 @@ class PairRegistration:
     core_similarity: dict[str, tuple[float, float]]
 
     min_similarity: float = 0.0
+    max_disagreement_px: float = float("inf")
+    keep_flagged: bool = False
+    stages: dict[str, dict[str, CoreTransform]] = field(default_factory=dict)
+
+    def flagged(self, core_id: str) -> bool:
+        """Whether the core's stages disagree by more than ``max_disagreement_px``."""
+        return core_id in self.cores and self.cores[core_id].disagree_px > self.max_disagreement_px
 
     def core_ok(self, core_id: str) -> bool:
-        """Whether a core registered well enough for its tiles to be used."""
-        return core_id in self.core_similarity and self.core_similarity[core_id][1] >= self.min_similarity
+        """Whether a core registered well enough for its tiles to be used (similar enough, and
+        not flagged unless ``keep_flagged``)."""
+        return (core_id in self.core_similarity and self.core_similarity[core_id][1] >= self.min_similarity
+                and (self.keep_flagged or not self.flagged(core_id)))
 
     def to_json(self) -> dict:
         return {"matrix": self.matrix.tolist(), "coarse_similarity": self.coarse_similarity,
+                "min_similarity": self.min_similarity, "max_disagreement_px": self.max_disagreement_px,
+                "keep_flagged": self.keep_flagged,
                 "cores": {k: {**v.to_json(), "sim_before": self.core_similarity[k][0],
-                              "sim_after": self.core_similarity[k][1]} for k, v in self.cores.items()}}
+                              "sim_after": self.core_similarity[k][1], "flagged": self.flagged(k)}
+                          for k, v in self.cores.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict) -> PairRegistration:
+        """Reads :meth:`to_json`'s dict (also files written before stage checks and flags)."""
+        cores = {k: CoreTransform.from_json(v) for k, v in data["cores"].items()}
+        sims = {k: (float(v.get("sim_before", np.nan)), float(v.get("sim_after", np.nan)))
+                for k, v in data["cores"].items()}
+        return cls(np.asarray(data["matrix"], dtype=np.float64), float(data.get("coarse_similarity", np.nan)),
+                   cores, sims, float(data.get("min_similarity", 0.0)),
+                   float(data.get("max_disagreement_px", np.inf)), bool(data.get("keep_flagged", False)))
 
 
 def register_pair(unstained: SlideReader, stained: SlideReader, regions: dict[str, tuple[int, int, int, int]],
@@ -447,9 +226,11 @@ def register_pair(unstained: SlideReader, stained: SlideReader, regions: dict[st
     log.info("coarse alignment: NCC %.3f, matrix %s", coarse_sim, np.round(matrix[:2], 4).tolist())
     cores: dict[str, CoreTransform] = {}
     sims: dict[str, tuple[float, float]] = {}
+    stages: dict[str, dict[str, CoreTransform]] = {s: {} for s in ("coarse", *STAGES)}
     for core_id, bbox in regions.items():
-        m, _, _ = refine_core(unstained, stained, matrix, bbox, cfg)
-        tf = refine_tiles(unstained, stained, m, bbox, cfg, baseline=matrix)
+        tf, steps = _register_core(unstained, stained, matrix, bbox, cfg)
+        for name, t in steps.items():
+            stages[name][core_id] = t
         cores[core_id] = tf
         sims[core_id] = (float(np.nanmedian(tf.sim_before)), float(np.nanmedian(tf.sim_after)))
     if sims:
@@ -459,11 +240,66 @@ def register_pair(unstained: SlideReader, stained: SlideReader, regions: dict[st
                 f"{stained.name} does not match {unstained.name}: structural similarity reached only "
                 f"{median_after:.3f} after registration (needs ≥ {cfg.min_similarity}, slide-level NCC "
                 f"{coarse_sim:.3f}); check that both scans show the same section")
+    reg = PairRegistration(matrix, coarse_sim, cores, sims, cfg.min_core_similarity,
+                           cfg.max_disagreement_px, cfg.keep_flagged, stages)
     weak = [k for k, v in sims.items() if v[1] < cfg.min_core_similarity]
     if weak:
         log.warning("%s: cores %s registered below similarity %.2f; their tiles are left out",
                     stained.name, ", ".join(weak), cfg.min_core_similarity)
-    return PairRegistration(matrix, coarse_sim, cores, sims, cfg.min_core_similarity)
+    flagged = [k for k in cores if reg.flagged(k)]
+    if flagged:
+        log.warning("%s: the registration stages of cores %s disagree by more than %.1f px; their tiles are %s",
+                    stained.name, ", ".join(flagged), cfg.max_disagreement_px,
+                    "kept (keep_flagged)" if cfg.keep_flagged else "left out")
+    return reg
+
+
+def _register_core(unstained: SlideReader, stained: SlideReader, matrix: np.ndarray,
+                   bbox: tuple[int, int, int, int], cfg: RegisterConfig) -> tuple[CoreTransform, dict]:
+    """The per-core stages in turn, each checked by its own measure; the final transform carries
+    each stage's motion and the stages' disagreement. Also returns the transform after each stage."""
+    pts = core_points(bbox)
+    coarse = CoreTransform(matrix)
+    m, m_proposed, b, a = refine_core(unstained, stained, matrix, bbox, cfg)
+    core, core_proposed = CoreTransform(m), CoreTransform(m_proposed)
+    tiles = refine_tiles(unstained, stained, m, bbox, cfg, baseline=matrix)
+    motion = {"core": _motion(coarse, core_proposed, pts, b, a, kept=m is m_proposed),
+              "tiles": _motion(core, tiles, pts, float(np.nanmedian(tiles.sim_before)),
+                               float(np.nanmedian(tiles.sim_after)), kept=True)}
+    # each proposal with the size of its stage's pixels in stained level-0 px: a stage is held to
+    # ``max_disagreement_px`` of its own pixels (the core stage's 2 µm are 4 px of a 0.5 µm/px slide)
+    stained_mpp = float(stained.mpp[0])
+    final, proposals = tiles, [(core_proposed, max(1.0, cfg.core_mpp / stained_mpp))]
+    if cfg.deformable:
+        final, proposed, b, a = refine_deform(unstained, stained, tiles, bbox, cfg)
+        motion["deform"] = _motion(tiles, proposed, pts, b, a, kept=final is proposed)
+        proposals.append((proposed, max(1.0, cfg.deform_mpp / stained_mpp)))
+    final.motion = motion
+    if cfg.stage_checks or cfg.deformable:
+        # each stage's estimate of where the core lies (its rigid part) against the final one, in its own px
+        final.disagree_px = max(float(np.hypot(*motion_between(final, p, pts)[1])) / px for p, px in proposals)
+    else:  # the original stages: the level-0 tiles' correction of the core stage
+        final.disagree_px = float(np.hypot(*motion["tiles"].offset_xy))
+    return final, {"coarse": coarse, "core": core, "tiles": tiles, "deform": final}
+
+
+def _motion(before: CoreTransform, proposed: CoreTransform, pts: np.ndarray,
+            sim_before: float, sim_after: float, *, kept: bool) -> StageMotion:
+    proposed_px, offset = motion_between(before, proposed, pts)
+    moved_px = proposed_px if kept else 0.0
+    return StageMotion(proposed_px, moved_px, offset, kept, sim_before, sim_after)
+
+
+def stage_errors(reg: PairRegistration, landmarks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """TRE (level-0 stained px, all cores' landmarks together) after each stage: ``coarse``,
+    ``core``, ``tiles``, ``deform`` and ``final`` (needs a registration made in this process)."""
+    out = {}
+    for name, tfs in [*reg.stages.items(), ("final", reg.cores)]:
+        sub = PairRegistration(reg.matrix, reg.coarse_similarity, tfs, {})
+        errors = registration_errors(sub, landmarks)
+        if errors:
+            out[name] = np.concatenate(list(errors.values()))
+    return out
 
 
 def registration_errors(reg: PairRegistration, landmarks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

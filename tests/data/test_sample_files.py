@@ -41,3 +41,16 @@ def test_truth_json_keeps_number_lists_on_one_line():
     assert '[1.0, 0.0, -2.5]' in text and '[0.0, 1.0, 3e-05]' in text and text.endswith("}\n")
     assert '"ids": [\n' in text  # lists of strings stay one item a line
     assert json.loads(text)["matrix"][1][2] == 3e-05
+
+
+def test_a_realism_sample_records_its_one_sided_structures_and_is_another_sample(tmp_path):
+    out = tmp_path / "s"
+    plain = make_sample(out, load_config(SampleConfig, overrides=SMALL))
+    real_cfg = load_config(SampleConfig, overrides=[*SMALL, "realism.enabled=true"])
+    real = make_sample(out, real_cfg)  # not skipped: realism is part of the config
+    assert real is not None
+    truth = json.loads((out / "truth.json").read_text())
+    assert truth["config"]["realism"]["enabled"] is True and truth["transform"] == plain.truth["transform"]
+    assert truth["realism"]["brown_blobs"]["shown_on"] == "stained"
+    assert all(0 <= r["tissue_fraction"] <= 1 for r in truth["realism"].values())
+    assert make_sample(out, real_cfg) is None

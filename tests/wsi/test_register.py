@@ -44,6 +44,12 @@ def af_plan(small_af_pair):
 
 
 @pytest.fixture(scope="module")
+def real_plan(small_real_pair):
+    with open_slide(small_real_pair / "unstained.tiff") as u, open_slide(small_real_pair / "stained.tiff") as s:
+        return analyse_pair(u, s, PrepareConfig())
+
+
+@pytest.fixture(scope="module")
 def bf_plan(small_bf_pair):
     with open_slide(small_bf_pair / "unstained.tiff") as u, open_slide(small_bf_pair / "stained.tiff") as s:
         return analyse_pair(u, s, PrepareConfig())
@@ -52,7 +58,7 @@ def bf_plan(small_bf_pair):
 # ---------------------------------------------------------------------------------------------
 # The goal, on both modalities
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("modality", ["af", "bf"])
+@pytest.mark.parametrize("modality", ["af", "bf", "real"])  # real: autofluorescence with make-sample's realism
 def test_analyse_pair_registers_within_the_tre_goal(modality, request):
     folder = request.getfixturevalue(f"small_{modality}_pair")
     plan = request.getfixturevalue(f"{modality}_plan")
