@@ -27,7 +27,8 @@ def add_parser(sub, common) -> None:
         description="Simulate a TMA slide pair from a real H&E slide: DIR/unstained.tiff (autofluorescence "
                     "or brightfield), DIR/stained.tiff (the H&E, misregistered by a known transform) and "
                     "DIR/truth.json (cores, train/test split, transform, landmarks). Reruns with the same "
-                    "config and seed are skipped.")
+                    "config and seed are skipped. --set realism.enabled=true adds structures only one slide "
+                    "shows and per-slide blur, noise and contrast.")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created if needed)")
     p.add_argument("--modality", choices=("autofluorescence", "brightfield"),
                    help="unstained modality (default: the config's, autofluorescence)")
@@ -39,6 +40,8 @@ def add_parser(sub, common) -> None:
     p.add_argument("--config", type=Path, metavar="YAML", help="sample config (e.g. configs/sample.yaml)")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="override config keys, e.g. --set grid.rows=2 grid.cols=2 (or --set repeated)")
+    p.add_argument("--channels", metavar="NAME,NAME", help="simulated unstained channels to write, in this order: "
+                                                          "names (AF405, AF488; brightfield) or indices (default: all)")
     p.add_argument("--force", action="store_true", help="redo even if DIR already holds this sample")
     p.set_defaults(run=run)
 
@@ -51,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"seed={args.seed}")
     cfg = load_config(SampleConfig, args.config, overrides=overrides)
     t0 = time.perf_counter()
-    pair = make_sample(args.out, cfg, source=args.source, source_mpp=args.source_mpp, force=args.force)
+    pair = make_sample(args.out, cfg, source=args.source, source_mpp=args.source_mpp, force=args.force,
+                       channels=args.channels)
     if pair is None:
         log.info("%s already holds the %s sample for seed %d (config %s); skipping (--force redoes it)",
                  args.out, cfg.modality, cfg.seed, config_hash(cfg))
@@ -61,4 +65,7 @@ def run(args: argparse.Namespace) -> int:
              *truth["unstained"]["size_wh"], "+".join(pair.channel_names), *truth["stained"]["size_wh"],
              len(truth["cores"]), sum(c["split"] == "test" for c in truth["cores"]), len(truth["missing"]),
              time.perf_counter() - t0)
+    if "realism" in truth:  # one-sided structures: say how much of the tissue each one covers
+        log.info("realism: %s", ", ".join(f"{name} {rec['count']} ({100 * rec['tissue_fraction']:.2f}% of tissue)"
+                                          for name, rec in truth["realism"].items()))
     return 0

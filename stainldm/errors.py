@@ -49,6 +49,10 @@ class SlideFormatError(InputError):
     """A slide exists but no reader can open it (corrupt, truncated, wrong format)."""
 
 
+class NoTissueError(InputError):
+    """A slide shows no tissue to work on (glass only, or a blank scan): nothing to stain."""
+
+
 class ConfigError(InputError):
     """A configuration file or ``--set`` override has an unknown key, a wrong type or a bad value."""
 

@@ -37,6 +37,7 @@ from stainldm.data.split import assign_splits
 from stainldm.data.store import TileRow, TileStore, read_pairs, write_pairs
 from stainldm.errors import ConfigError, InputError, StainLDMError, one_line
 from stainldm.files import atomic_write_text
+from stainldm.wsi.channels import select_channels
 from stainldm.wsi.reader import SlideReader, open_slide
 
 log = logging.getLogger(__name__)
@@ -209,10 +210,14 @@ class StoreBuilder:
         store = self._store
         if store is None:
             store = TileStore.create(self.out, tile_px=self.cfg.tiles.size, channels_in=unstained.channels,
-                                     dtype_in=str(np.dtype(unstained.dtype)))
+                                     dtype_in=str(np.dtype(unstained.dtype)), channel_names=unstained.channel_names)
         elif store.channels_in != unstained.channels:
             raise InputError(f"{pair.unstained}: has {unstained.channels} channels but the store holds "
                              f"{store.channels_in}-channel tiles; put slides of one modality in one store")
+        elif store.channel_names and tuple(unstained.channel_names) != store.channel_names:
+            raise InputError(f"{pair.unstained}: has channels {', '.join(unstained.channel_names)} but the store "
+                             f"holds {', '.join(store.channel_names)}; choose them with `channels` in the store's "
+                             "order, or use a new store")
         # Pairs run one after another, so rows of pairs not marked done are a tail: drop them.
         keep = 0
         while keep < len(store.rows) and store.rows[keep].slide_id in self._done:
@@ -224,7 +229,7 @@ class StoreBuilder:
 
     def _add_tiles(self, pair: SlidePair, progress: Progress | None) -> int:
         cfg, sid = self.cfg, pair.slide_id
-        with open_slide(pair.unstained) as unstained, open_slide(pair.stained) as stained:
+        with select_channels(open_slide(pair.unstained), cfg.channels) as unstained, open_slide(pair.stained) as stained:
             log.info("%s: %s + %s", sid, unstained.name, stained.name)
             plan = analyse_pair(unstained, stained, cfg)
             truth = load_truth(pair.truth) if pair.truth else None

@@ -14,13 +14,18 @@ import json
 import logging
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from stainldm.config import config_hash
+from stainldm.data._optics import AUTOFLUORESCENCE_CHANNELS, BRIGHTFIELD_CHANNELS
 from stainldm.data.synthetic import SampleConfig, SamplePair, make_tma_pair
 from stainldm.errors import InputError, RunError
 from stainldm.files import atomic_write_text, ensure_writable_folder, sha256_file
+from stainldm.wsi.channels import resolve_channels
 from stainldm.wsi.reader import open_slide
 from stainldm.wsi.writer import write_pyramid
 
@@ -31,7 +36,7 @@ FILES = ("unstained.tiff", "stained.tiff", "truth.json")
 
 
 def make_sample(out: Path, cfg: SampleConfig, *, source: str | Path = DEFAULT_SOURCE, source_mpp: float | None = None,
-                force: bool = False) -> SamplePair | None:
+                force: bool = False, channels: str | None = None) -> SamplePair | None:
     """Simulates a TMA slide pair from the real H&E ``source`` and writes it into ``out``.
 
     Args:
@@ -40,6 +45,8 @@ def make_sample(out: Path, cfg: SampleConfig, *, source: str | Path = DEFAULT_SO
         source: a real H&E slide to cut cores from (default: the bundled CMU-1-Small-Region.svs).
         source_mpp: µm/px of ``source``, for slides that do not record it.
         force: redo even if ``out`` already holds this sample.
+        channels: the simulated unstained channels to write, in this order: names or 0-based
+            indices, comma-separated (``AF488``); None: all.
 
     Returns:
         the simulated pair (its ``truth`` is what truth.json holds, less the provenance), or None
@@ -51,6 +58,8 @@ def make_sample(out: Path, cfg: SampleConfig, *, source: str | Path = DEFAULT_SO
         RunError: writing the sample failed.
     """
     out = _writable_folder(Path(out))
+    simulated = AUTOFLUORESCENCE_CHANNELS if cfg.modality == "autofluorescence" else BRIGHTFIELD_CHANNELS
+    keep = resolve_channels(simulated, channels, slide=f"the simulated {cfg.modality}") if channels else None
     with open_slide(source, mpp=source_mpp) as slide:
         if slide.mpp is None:  # make_tma_pair says so too; here the parameter to pass is ours
             raise InputError(f"{slide.name}: the source slide does not record its resolution (mpp); use a slide "
@@ -61,6 +70,7 @@ def make_sample(out: Path, cfg: SampleConfig, *, source: str | Path = DEFAULT_SO
             "seed": cfg.seed,
             "modality": cfg.modality,
             "config_hash": config_hash(cfg),
+            **({"channels": channels} if channels is not None else {}),
         }
         if not force and is_complete(out, provenance):
             return None
@@ -68,6 +78,9 @@ def make_sample(out: Path, cfg: SampleConfig, *, source: str | Path = DEFAULT_SO
         log.info("simulating a %dx%d %s TMA from %s (seed %d)", cfg.grid.rows, cfg.grid.cols, cfg.modality,
                  slide.name, cfg.seed)
         pair = make_tma_pair(slide, cfg)
+    if keep is not None:
+        pair = replace(pair, unstained=np.ascontiguousarray(pair.unstained[..., keep]),
+                       channel_names=tuple(pair.channel_names[i] for i in keep))
     write_sample(out, pair, provenance=provenance)
     return pair
 

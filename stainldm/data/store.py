@@ -8,15 +8,23 @@ Format (a contract other tools read)::
                           tissue_fraction, sim_before, sim_after  (x, y: unstained level-0 px)
     STORE/pairs.csv       one row per slide pair: status (done/failed), tiles, seconds, error
     STORE/cores.geojson, cores.csv, registration.csv, prepare.yaml   (written by `prepare`)
+    STORE/parts/shard-I-of-N/   one complete store per shard of a sharded `prepare`
+    STORE/merge.json            a store merged from parts: which ones, and whether the merge is done
 
 ``tiles.csv`` is the commit log: tiles are appended to the zarr arrays first, then their rows to
 the CSV (flushed and fsynced). Opening a store for writing truncates the arrays to the CSV's row
-count, so tiles of a pair interrupted half-way are dropped and that pair is redone.
+count, so tiles of a pair interrupted half-way are dropped and that pair is redone. A store whose
+``merge.json`` does not say ``done`` is an unfinished merge and does not open.
+
+Chunk files are never rewritten in place (zarr writes a new file and renames it over the old one;
+shrinking an array deletes its files), so a merge may hard-link a part's chunk files into the
+merged store (:func:`place_tiles`): later writes to either store never change the other.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,11 +33,14 @@ from pathlib import Path
 import numpy as np
 
 from stainldm.errors import InputError
-from stainldm.files import atomic_write_csv, ensure_writable_folder
+from stainldm.files import atomic_write_bytes, atomic_write_csv, ensure_writable_folder
 
 TILE_COLUMNS = ("slide_id", "core", "split", "x", "y", "mpp", "tissue_fraction", "sim_before", "sim_after")
 PAIR_COLUMNS = ("slide_id", "unstained", "stained", "status", "tiles", "seconds", "error")
 SPLITS = ("train", "val", "test")
+ARRAYS = ("unstained", "stained")
+PARTS_FOLDER = "parts"  # STORE/parts/shard-I-of-N: the stores of a sharded prepare
+MERGE_RECORD = "merge.json"  # STORE/merge.json: the parts a merged store was made from
 
 
 @dataclass(frozen=True)
@@ -65,15 +76,18 @@ class TileStore:
 
     # -- opening ------------------------------------------------------------------------------
     @classmethod
-    def create(cls, root: str | os.PathLike, *, tile_px: int, channels_in: int, dtype_in: str) -> TileStore:
+    def create(cls, root: str | os.PathLike, *, tile_px: int, channels_in: int, dtype_in: str,
+               channel_names: Sequence[str] | None = None) -> TileStore:
         """Opens ``root`` for appending, creating it if needed; recovers from an interrupted write.
 
-        Raises:
-            InputError: the folder exists with a store of another tile size or channel count, or
-                cannot be written.
-        """
-        import zarr
+        Args:
+            channel_names: the unstained channels' names (recorded; training copies them into
+                model.json, and staining picks a slide's channels by them).
 
+        Raises:
+            InputError: the folder exists with a store of another tile size, channel count or channel
+                names, or cannot be written.
+        """
         root = Path(root)
         try:
             ensure_writable_folder(root)
@@ -88,12 +102,14 @@ class TileStore:
             if have != want:
                 raise InputError(f"{root}: holds tiles of {have[0]} px, {have[1]} channels, {have[2]}; this run makes "
                                  f"{want[0]} px, {want[1]} channels, {want[2]} — use a new folder for this store")
+            if channel_names and store.channel_names and tuple(channel_names) != store.channel_names:
+                raise InputError(f"{root}: holds channels {', '.join(store.channel_names)}, this slide gives "
+                                 f"{', '.join(channel_names)}; choose them by name with `channels` (in the store's "
+                                 "order) or use a new folder")
             store._recover()
             return store
-        group = zarr.open_group(str(zpath), mode="w")
-        for name, c, dt in (("unstained", channels_in, dtype_in), ("stained", 3, "uint8")):
-            group.create_array(name, shape=(0, tile_px, tile_px, c), chunks=(1, tile_px, tile_px, c), dtype=dt,
-                               fill_value=0)
+        group = create_tile_arrays(zpath, tile_px=tile_px, channels_in=channels_in, dtype_in=dtype_in,
+                                   channel_names=channel_names)
         _write_csv_header(root / "tiles.csv", TILE_COLUMNS)
         return cls(root, group, [], writable=True)
 
@@ -108,7 +124,13 @@ class TileStore:
 
         root = Path(root)
         zpath, cpath = root / "tiles.zarr", root / "tiles.csv"
+        if merge_status(root) not in (None, "done"):
+            raise InputError(f"{root}: holds an unfinished merge of store parts (interrupted, or still running); "
+                             f"rerun `stainldm merge-stores {root}` to finish it")
         if not zpath.is_dir() or not cpath.is_file():
+            if (root / PARTS_FOLDER).is_dir():
+                raise InputError(f"{root}: holds the parts of a sharded prepare ({root / PARTS_FOLDER}) but no "
+                                 f"merged store yet; run `stainldm merge-stores {root}` once every shard is done")
             raise InputError(f"{root}: not a tile store (needs tiles.zarr and tiles.csv); create one with "
                              "`stainldm prepare`")
         try:
@@ -170,6 +192,12 @@ class TileStore:
     @property
     def channels_in(self) -> int:
         return int(self.unstained.shape[3])
+
+    @property
+    def channel_names(self) -> tuple[str, ...] | None:
+        """The unstained channels' names, as prepare recorded them (None in stores made before)."""
+        names = self._group.attrs.get("channel_names")
+        return tuple(names) if names else None
 
     def indices(self, split: str | None = None) -> np.ndarray:
         """Row indices of one split (all rows when None).
@@ -251,6 +279,88 @@ class _TileChunks:
         if self.codec is not None:
             raw = self.codec.decode(raw)
         return np.frombuffer(raw, dtype=self.dtype).reshape(self.shape).astype(self.dtype.newbyteorder("="), copy=False)
+
+
+def create_tile_arrays(zpath: Path, *, tile_px: int, channels_in: int, dtype_in: str, n: int = 0,
+                       channel_names: Sequence[str] | None = None):
+    """Creates (replacing) the store's zarr group at ``zpath`` with ``n`` tiles of fill (zeros), one chunk a
+    tile; the group's attributes record ``channel_names``.
+
+    Returns:
+        the zarr group, open for writing.
+    """
+    import zarr
+
+    group = zarr.open_group(str(zpath), mode="w")
+    if channel_names:
+        group.attrs["channel_names"] = list(channel_names)
+    for name, c, dt in (("unstained", channels_in, dtype_in), ("stained", 3, "uint8")):
+        group.create_array(name, shape=(n, tile_px, tile_px, c), chunks=(1, tile_px, tile_px, c), dtype=dt,
+                           fill_value=0)
+    return group
+
+
+def place_tiles(src: TileStore, dst_root: Path, moves: Sequence[tuple[int, int]]) -> dict[str, int]:
+    """Puts tile ``i`` of ``src`` at index ``j`` of the store arrays in ``dst_root/tiles.zarr`` (already
+    sized, e.g. by :func:`create_tile_arrays`) for every ``(i, j)`` of ``moves``; no CSV is written.
+
+    Where both arrays keep one tile per chunk file with the same codecs (stores this module made),
+    the chunk file is hard-linked (no tile bytes are copied; the chunk files are never rewritten in
+    place, so the stores stay independent) or, where the file system cannot link (another device),
+    copied byte for byte; otherwise the tile is decoded and written through zarr. A target chunk file
+    already there is kept, so an interrupted placement can be rerun with the same ``moves``.
+
+    Returns:
+        chunk files (two per tile, fewer for all-zero tiles that zarr does not store) by how they were
+        placed: ``{"linked": .., "copied": .., "recoded": ..}``.
+    """
+    import zarr
+
+    counts = {"linked": 0, "copied": 0, "recoded": 0}
+    dst = zarr.open_group(str(dst_root / "tiles.zarr"), mode="r+")
+    for name in ARRAYS:
+        s_dir, d_dir = src.root / "tiles.zarr" / name, dst_root / "tiles.zarr" / name
+        if not _same_chunk_files(s_dir, d_dir, src._group[name]):
+            arr = dst[name]
+            for i, j in moves:
+                arr[j] = src._group[name][i]
+            counts["recoded"] += len(moves)
+            continue
+        rest = ["0"] * (src._group[name].ndim - 1)
+        for i, j in moves:
+            s_file, d_file = s_dir.joinpath("c", str(i), *rest), d_dir.joinpath("c", str(j), *rest)
+            if not s_file.is_file() or d_file.is_file():  # an all-fill tile (no file), or placed before
+                continue
+            d_file.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(s_file, d_file)
+                counts["linked"] += 1
+            except OSError:  # another file system, or one without hard links
+                atomic_write_bytes(d_file, s_file.read_bytes())
+                counts["copied"] += 1
+    return counts
+
+
+def _same_chunk_files(src_dir: Path, dst_dir: Path, src_arr) -> bool:
+    """Whether a chunk file of ``src_dir``'s array is one of ``dst_dir``'s as it stands (one tile a
+    chunk, the same dtype, codecs, fill and key encoding; only the shapes differ)."""
+    try:
+        a, b = (json.loads((d / "zarr.json").read_text()) for d in (src_dir, dst_dir))
+    except (OSError, ValueError):
+        return False
+    ignore = ("shape", "attributes")
+    same = {k: v for k, v in a.items() if k not in ignore} == {k: v for k, v in b.items() if k not in ignore}
+    return same and _TileChunks.for_array(src_dir, src_arr) is not None
+
+
+def merge_status(root: Path) -> str | None:
+    """``merge.json``'s status in ``root`` (``merging`` or ``done``), or None when it has none."""
+    try:
+        return str(json.loads((Path(root) / MERGE_RECORD).read_text()).get("status"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, AttributeError):
+        return "unreadable"
 
 
 def read_tile_rows(path: Path) -> list[TileRow]:

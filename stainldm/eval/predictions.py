@@ -219,8 +219,7 @@ def stain_baseline(run: Path, unstained: dict[str, Path], out: Path, *, device: 
     import torch
 
     from stainldm.device import resolve_device
-    from stainldm.inference.batch import default_batch_size, stain_slides
-    from stainldm.inference.config import StainConfig
+    from stainldm.inference.batch import STATUSES, default_batch_size, stain_slides
     from stainldm.inference.model import StainModel
     from stainldm.models.runs import read_model_json
 
@@ -233,15 +232,15 @@ def stain_baseline(run: Path, unstained: dict[str, Path], out: Path, *, device: 
     failed = f"`baseline` {run}: staining the evaluated slides failed (see {target / 'manifest.csv'})"
     try:
         dev = resolve_device(device, env=os.environ, cuda_count=torch.cuda.device_count())
-        cfg = StainConfig(batch_size=default_batch_size(dev))  # as `stainldm stain` stains by default
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         model = StainModel.load(run, device=dev, precision="auto")
+        cfg = model.stain_config(batch_size=default_batch_size(dev))  # as `stainldm stain` stains by default
         outcomes = list(stain_slides(list(unstained.values()), model, target, cfg, progress=progress))
     except StainLDMError as exc:
         raise StainLDMError(f"{failed}: {one_line(exc)}") from exc
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
-    log.info("%s: %d done, %d skipped, %d failed; see %s", target, counts["done"], counts["skipped"],
+    counts = {s: sum(o.status == s for o in outcomes) for s in STATUSES}
+    log.info("%s: %d done, %d no-tissue, %d failed; see %s", target, counts["done"], counts["no-tissue"],
              counts["failed"], target / "manifest.csv")
     if counts["failed"]:
         raise StainLDMError(failed)

@@ -7,8 +7,8 @@
 
 Each slide is stained into ``out/<name>.tiff`` (+ uncertainty, thumbnail and provenance JSON, by
 :func:`~stainldm.inference.stain.stain_slide`) and recorded in ``out/manifest.csv``. A bad slide is
-recorded and the batch goes on; a rerun skips the slides already done; a slide interrupted (even by
-SIGKILL) leaves no file under a final name and is stained again. Shards of one batch (processes,
+recorded and the batch goes on (a slide with no tissue as ``no-tissue``, with nothing written); a
+rerun skips the slides already done; a slide interrupted (even by SIGKILL) leaves no file under a final name and is stained again. Shards of one batch (processes,
 machines) may share the output folder: the manifest is locked while it is rewritten.
 """
 
@@ -26,11 +26,12 @@ from typing import Any
 
 import torch
 
-from stainldm.errors import InputError, StainLDMError, one_line
+from stainldm.errors import InputError, NoTissueError, StainLDMError, one_line
 from stainldm.files import atomic_write_csv, ensure_writable_folder, sha256_file
 from stainldm.inference.config import StainConfig, check_stain_config
 from stainldm.inference.model import StainModel
 from stainldm.inference.stain import stain_slide
+from stainldm.shards import parse_shard, shard_items
 from stainldm.wsi.reader import open_slide
 
 __all__ = ["MANIFEST_COLUMNS", "MANIFEST_NAME", "SLIDE_SUFFIXES", "Manifest", "SlideOutcome", "default_batch_size",
@@ -42,7 +43,8 @@ SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".v
                   ".jpeg", ".btf", ".qptiff"}
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ("slide", "status", "output", "seconds", "error")
-STATUSES = ("done", "skipped", "failed")
+STATUSES = ("done", "no-tissue", "failed")
+_LEGACY_STATUSES = {"skipped": "no-tissue"}  # the name older manifests give a slide with no tissue
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,47 +94,10 @@ def _csv_slides(path: Path) -> list[Path]:
     return [Path(r) if Path(r).is_absolute() else path.parent / r for r in rows]
 
 
-def parse_shard(text: str | None, env: Mapping[str, str] | None = None) -> tuple[int, int]:
-    """Which share of a batch this process stains.
-
-    Args:
-        text: ``i/n`` (shard ``i`` of ``n``, 1-based), or None to read the launcher's variables.
-        env: the environment (default ``os.environ``): torchrun's ``RANK``/``WORLD_SIZE``, else
-            SLURM's ``SLURM_PROCID``/``SLURM_NTASKS``.
-
-    Returns:
-        ``(index, count)``, 0-based; ``(0, 1)`` when neither ``text`` nor the variables say.
-
-    Raises:
-        InputError: ``text`` is not ``i/n`` with 1 ≤ i ≤ n, or the variables are out of range.
-    """
-    env = os.environ if env is None else env
-    if text:
-        try:
-            i, n = (int(v) for v in text.split("/"))
-        except ValueError as exc:
-            raise InputError(f"`shard` {text}: expected i/n, e.g. `shard` 1/4") from exc
-        if not (n >= 1 and 1 <= i <= n):
-            raise InputError(f"`shard` {text}: i must be between 1 and n (n ≥ 1)")
-        return i - 1, n
-    for rank, world in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
-        if rank in env and world in env:
-            try:
-                index, count = int(env[rank]), int(env[world])
-            except ValueError as exc:
-                raise InputError(f"{rank}={env[rank]!r}, {world}={env[world]!r}: not integers; fix the launcher's "
-                                 "environment or pass `shard` i/n") from exc
-            if not (count >= 1 and 0 <= index < count):
-                raise InputError(f"{rank}={index}, {world}={count}: the rank must be between 0 and {world} - 1; "
-                                 "fix the launcher's environment or pass `shard` i/n")
-            return index, count
-    return 0, 1
-
-
 def shard(items: Sequence[Path], index: int, count: int) -> list[Path]:
     """Share ``index`` of ``count`` (0-based) of ``items``: round-robin over the sorted paths, so
     shards are disjoint, cover the list and do not depend on the order it was given in."""
-    return [p for k, p in enumerate(sorted(items, key=str)) if k % count == index]
+    return shard_items(sorted(items, key=str), (index, count))
 
 
 def output_name(slide: Path) -> str:
@@ -181,9 +146,10 @@ class Manifest:
             os.close(fd)
 
     def counts(self) -> dict[str, int]:
-        """Slides per status: ``{"done": n, "skipped": n, "failed": n}``."""
-        rows = self.read().values()
-        return {s: sum(1 for r in rows if r["status"] == s) for s in STATUSES}
+        """Slides per status: ``{"done": n, "no-tissue": n, "failed": n}`` (a row an older
+        version recorded as ``skipped``, for no tissue, counts as ``no-tissue``)."""
+        statuses = [_LEGACY_STATUSES.get(r["status"], r["status"]) for r in self.read().values()]
+        return {s: statuses.count(s) for s in STATUSES}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,7 +161,7 @@ class SlideOutcome:
 
     Attributes:
         slide: the slide as listed.
-        status: ``done``, ``skipped`` (no tissue) or ``failed``.
+        status: ``done``, ``no-tissue`` (nothing to stain; nothing written) or ``failed``.
         output: the stained TIFF (None unless done).
         seconds: time spent staining it (for a slide done by an earlier run, the time recorded then).
         error: the error message (one line; empty when done).
@@ -226,8 +192,8 @@ def stain_slides(slides: Sequence[str | Path], model: StainModel, out: str | Pat
     stained as the returned iterator is consumed, one outcome per slide, in order. A slide the
     manifest records as done whose TIFF exists is not stained again: it comes back done, with
     ``resumed`` set. A slide that raises a :class:`~stainldm.errors.StainLDMError` is recorded
-    (``skipped`` when it has no tissue, else ``failed``) and the batch goes on; other exceptions
-    propagate.
+    (``no-tissue`` for a :class:`~stainldm.errors.NoTissueError`, else ``failed``) and the batch
+    goes on; other exceptions propagate.
 
     Args:
         slides: slide paths (see :func:`expand_inputs` and :func:`shard`).
@@ -295,7 +261,7 @@ def _stain_one(slide_path: Path, model: StainModel, target: Path, cfg: StainConf
         if raise_errors:
             raise
         msg = one_line(exc)
-        status = "skipped" if "no tissue" in msg else "failed"  # an empty slide is not a failure
+        status = "no-tissue" if isinstance(exc, NoTissueError) else "failed"  # an empty slide is not a failure
         seconds = time.perf_counter() - t0
         manifest.record({"slide": key, "status": status, "output": "", "error": msg, "seconds": f"{seconds:.2f}"})
         log.warning("%s: %s", slide_path.name, status)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from stainldm.errors import InputError
+from stainldm.wsi.channels import parse_channels
 from stainldm.wsi.tissue import TissueConfig
 
 CANVAS_BLEND_PX = 64  # sub-canvases of a large region overlap and cross-fade over this many output px
@@ -36,6 +37,9 @@ class StainConfig:
         group_canvases: sample whole regions of about one size together, their windows sharing
             network calls (None: on a GPU, where it keeps the device busy; a CPU gains nothing).
         prefetch: read the next canvases and write the finished ones in threads beside the model.
+        channels: the slide's channels that stand for the model's inputs, in the model's order: names
+            or 0-based indices, comma-separated (``DAPI,FITC``). None: by the channel names the
+            model was trained on (:meth:`StainModel.choose_channels`).
     """
 
     steps: int = 10
@@ -55,6 +59,7 @@ class StainConfig:
     group_canvases: bool | None = None
     prefetch: bool = True
     tissue: TissueConfig = field(default_factory=TissueConfig)
+    channels: str | None = None
 
 
 SAMPLERS = ("dpmpp_2m", "ddim")
@@ -84,3 +89,5 @@ def check_stain_config(cfg: StainConfig) -> None:
                          f"(sub-canvases cross-fade over {CANVAS_BLEND_PX} px)")
     if cfg.sampler not in SAMPLERS:
         raise InputError(f"`sampler` {cfg.sampler}: use dpmpp_2m or ddim")
+    if cfg.channels is not None:
+        parse_channels(cfg.channels)

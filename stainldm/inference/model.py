@@ -20,13 +20,18 @@ import numpy as np
 import torch
 
 from stainldm.device import autocast, bf16_supported, resolve_precision
-from stainldm.errors import CheckpointError
+from stainldm.errors import CheckpointError, InputError
 from stainldm.inference.canvas import WindowCost, axis_window, choose_window, decode_tiled, window_grid
 from stainldm.inference.config import StainConfig
 from stainldm.inference.sampling import WindowDenoiser, predict_baseline
 from stainldm.seeds import Stream, derive_seed
+from stainldm.wsi.channels import select_channels
+from stainldm.wsi.metadata import default_channel_names
+from stainldm.wsi.slide import SlideReader
 
 SKIP_MARGIN_PX = 32  # windows farther than this from tissue are skipped (beyond the decoder's reach)
+#: the sampling fields of :class:`StainConfig` a model.json's ``stain_defaults`` may set
+SAMPLING_KEYS = ("sampler", "steps", "guidance", "eta")
 ATTENTION_BUDGET = 2 << 30  # bytes the math attention path may hold per call (SDPA needs no budget)
 
 
@@ -39,6 +44,11 @@ class StainModel:
         self.precision = precision
         self.sdpa = True  # the models are built with SDPA attention
         self.in_channels = int(meta["in_channels"])
+        #: the unstained channels' names the model was trained on (empty for models trained before)
+        self.channel_names = tuple(meta.get("channel_names") or ())
+        #: sampling settings chosen for this model (model.json ``stain_defaults``, from its sweep of
+        #: benchmarks/steps.py): what staining uses where the caller does not say
+        self.stain_defaults = {k: v for k, v in (meta.get("stain_defaults") or {}).items() if k in SAMPLING_KEYS}
         self.mpp = float(meta["mpp"]) if meta.get("mpp") else None
         self.tile_px = int(meta["tile_px"])
         stats = meta["input_stats"]
@@ -52,6 +62,38 @@ class StainModel:
             self.multiple = 16  # BasicUNet: four 2× poolings
             self.latent_scale = 1.0
         self._cost: WindowCost | None = None
+
+    def stain_config(self, **given) -> StainConfig:
+        """How to stain with this model: the fields ``given`` (None: not given), else the model's
+        :attr:`stain_defaults` (sampler, steps, guidance, eta), else :class:`StainConfig`'s."""
+        return StainConfig(**{**self.stain_defaults, **{k: v for k, v in given.items() if v is not None}})
+
+    def choose_channels(self, slide: SlideReader, channels: str | None = None) -> SlideReader:
+        """The channels of ``slide`` this model stains from, in the order it was trained on.
+
+        Args:
+            slide: the open unstained slide.
+            channels: names or indices of the slide's channels that stand for the model's inputs, in
+                the model's order (a scanner that names them otherwise); None: the slide's channels
+                of the names the model was trained on. A slide whose file names no channels, or a
+                model that records none, is taken as it is (the channel count is checked later).
+
+        Raises:
+            InputError: the slide lacks channels the model was trained on (naming the missing ones
+                and the slide's), or ``channels`` names one the slide lacks.
+        """
+        if channels is not None:
+            return select_channels(slide, channels)
+        names, have = self.channel_names, tuple(slide.channel_names)
+        if not names or have == names or have == default_channel_names(slide.channels):
+            return slide
+        lower = [h.lower() for h in have]
+        missing = [n for n in names if n not in have and lower.count(n.lower()) != 1]
+        if missing:
+            raise InputError(f"{slide.name}: lacks the channels {', '.join(missing)} that the model was trained on "
+                             f"({', '.join(names)}); it has {', '.join(have)}; pass `channels` to say which of its "
+                             "channels stand for them, in that order")
+        return select_channels(slide, list(names))
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "cpu", precision: str = "fp32") -> StainModel:

@@ -30,7 +30,7 @@ from scipy import ndimage as ndi
 
 import stainldm
 from stainldm.device import describe
-from stainldm.errors import InputError
+from stainldm.errors import InputError, NoTissueError
 from stainldm.files import atomic_write_png, atomic_write_text
 from stainldm.inference.config import CANVAS_BLEND_PX, StainConfig, check_stain_config
 from stainldm.inference.model import SKIP_MARGIN_PX, StainModel
@@ -170,12 +170,15 @@ def stain_slide(slide: SlideReader, model: StainModel, out: Path, cfg: StainConf
         the files written, the number of tissue regions, the tissue fraction and the time taken.
 
     Raises:
-        InputError: the slide's channels differ from the model's, it has no mpp, or no tissue.
+        InputError: the slide's channels differ from the model's (or lack one the model was trained
+            on) or it has no mpp.
+        NoTissueError: the slide has no tissue (an :class:`~stainldm.errors.InputError`).
     """
     import zarr
 
     check_stain_config(cfg)
     t0 = time.perf_counter()
+    slide = model.choose_channels(slide, cfg.channels)  # the model's channels, by name, in its order
     if slide.channels != model.in_channels:
         raise InputError(f"{slide.name}: has {slide.channels} channels but the model was trained on "
                          f"{model.in_channels}-channel unstained scans; use a checkpoint of this modality")
@@ -187,7 +190,7 @@ def stain_slide(slide: SlideReader, model: StainModel, out: Path, cfg: StainConf
     mask = slide_mask(slide, cfg.tissue, modality=cfg.modality)
     regions, frac = tissue_regions(slide, cfg, out_mpp=out_mpp, mask=mask)
     if not regions:
-        raise InputError(f"{slide.name}: no tissue found; nothing to stain")
+        raise NoTissueError(f"{slide.name}: no tissue found; nothing to stain")
     work = out.parent / f".{out.stem}.work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

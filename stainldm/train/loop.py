@@ -125,6 +125,7 @@ class Trainer:
         self.store_path = store
         tiles = TileStore.open(store)
         self.in_channels = tiles.channels_in
+        self.channel_names = list(tiles.channel_names or ())  # model.json; staining picks channels by them
         self.tile_px = tiles.tile_px
         self.tile_mpp = tiles.rows[0].mpp if tiles.rows else None
         self.stats = load_or_compute_stats(tiles)
@@ -327,7 +328,8 @@ class Trainer:
         """What model.json records: the run's common facts, then the kind's own."""
         return {
             "kind": self.kind, "version": stainldm.__version__, "step": self.step,
-            "in_channels": self.in_channels, "tile_px": self.tile_px, "mpp": self.tile_mpp,
+            "in_channels": self.in_channels, "channel_names": self.channel_names, "tile_px": self.tile_px,
+            "mpp": self.tile_mpp,
             "input_stats": self.stats, "config_hash": config_hash(self.cfg),
             "trained_on": {"device": describe(self.device), "processes": self.world, "precision": self.precision},
             **self.task.meta(self.ema),

@@ -1,21 +1,34 @@
 """Tissue masks from low-resolution images of H&E, unstained brightfield and fluorescence slides.
 
-Pure functions over a thumbnail (``H×W×C`` array); :func:`slide_tissue_mask` reads the thumbnail
-at a fixed mpp so that areas in config are physical (µm²), whatever the scanner.
+Pure functions over a thumbnail (``H×W×C`` array); :func:`slide_mask` reads the thumbnail at a
+fixed mpp so that areas in config are physical (µm²), whatever the scanner.
 
-Each modality has its own foreground feature, then the same clean-up:
+Each modality has its own feature, measured against an *absolute* model of glass, so a field that
+is all tissue, all glass or anything between comes out right (a rank split, such as "the darker
+half is glass", calls half of a tissue-filled field glass):
 
-* **H&E** — optical density (OD = -log10(I/I₀)) and saturation; pen ink (green, blue, black), which
-  is as dense as tissue, is cut by hue and value before thresholding.
-* **unstained brightfield** — tissue is nearly transparent: only a few percent darker than the
-  glass, but textured. The feature is darkness below the glass level plus local contrast, scaled by
-  the glass's own noise.
-* **fluorescence** (autofluorescence, any channel count) — dark background: per-channel robust
-  normalisation, summed, on a log scale.
+* **H&E** — optical density (OD = -log10(I/I₀)) and saturation, absolute by nature; pen ink
+  (green, blue, black), which is as dense as tissue, is cut by hue and value before thresholding.
+  Otsu's threshold separates glass from pale tissue, bounded below by a noise floor (an empty slide
+  stays empty) and used only when the class below it looks like glass (OD and saturation under
+  that floor): on a field with no glass it would split the tissue in two.
+* **unstained brightfield** — glass is the brightest flat level (white after the scanner's white
+  balance). Tissue is nearly transparent, a few percent darker at most, but textured: the feature
+  is the image's structure at cellular scale (4-10 µm) beyond what its white noise explains, in
+  8-bit gray levels, against an absolute floor (``brightfield_texture``); and darkness below the
+  glass white (the level of the flat areas) beyond their own spread (shading, noise), or below
+  the configured white by ``brightfield_darkness`` where nothing is flat. Glass, however noisy,
+  is flat at that scale; shading is slower, and scanner field-of-view seams are lines that the
+  clean-up removes.
+* **fluorescence** (autofluorescence, any channel count and dtype) — glass is the camera offset
+  plus a few background photons: the darkest level, flat. Its level is the 1st percentile of each
+  channel (exact zeros, which are unscanned areas, left out) and its noise the median absolute
+  Haar detail of the pixels at that level. Tissue is brighter than glass, in some channel, by
+  ``fluorescence_contrast`` of the glass level and by ``noise_sigmas`` of its noise. A field with
+  no glass has no dark level: its darkest tissue is the reference and nearly all of it is tissue.
 
-Clean-up: Otsu threshold (bounded by a noise floor so an empty slide stays empty), closing to join
-faint fatty tissue, hole filling, opening to drop coverslip edges, bubble rims and hair-thin
-scratches, then removal of specks below ``min_area_um2``.
+Clean-up: closing to join faint fatty tissue, hole filling, opening to drop coverslip edges, bubble
+rims, field-of-view seams and hair-thin scratches, then removal of specks below ``min_area_um2``.
 """
 
 from __future__ import annotations
@@ -24,6 +37,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import cv2
 import numpy as np
 from scipy import ndimage as ndi
 from skimage import color, filters, morphology
@@ -31,6 +45,14 @@ from skimage import color, filters, morphology
 from stainldm.errors import InputError
 
 Modality = Literal["auto", "he", "brightfield", "fluorescence"]
+
+# Brightfield texture: band-pass between these scales (µm), nuclei and fibres, not shading.
+_TEXTURE_UM = (4.0, 10.0)
+_TEXTURE_WINDOW_UM = 8.0
+# Optics (PSF, a thumbnail's anti-aliasing) and the brightfield texture window spread tissue evidence
+# about this far onto the glass beside a tissue edge: the evidence is eroded by it.
+_ERODE_UM = 4.0
+_BORDER_PX = 2  # read_at_mpp blends the area outside a slide into its outermost pixels
 
 
 @dataclass(frozen=True)
@@ -43,7 +65,20 @@ class TissueConfig:
         max_hole_um2: holes smaller than this inside tissue are filled (fat, tears).
         close_um: radius of the closing that joins loose, faint tissue.
         open_um: radius of the opening that removes thin lines (coverslip edges, scratches, bubble rims).
-        sensitivity: scales the threshold; > 1 keeps fainter tissue, < 1 is stricter.
+        sensitivity: scales every threshold; > 1 keeps fainter tissue, < 1 is stricter.
+        noise_sigmas: tissue differs from glass by at least this many standard deviations of the
+            glass's noise (fluorescence).
+        fluorescence_contrast: fluorescence tissue is brighter than glass (camera offset plus
+            background) by at least this fraction of the glass level, in some channel; covers the
+            illumination's shading of the glass.
+        brightfield_texture: brightfield tissue has at least this RMS of structure at 4-10 µm scale
+            beyond the image's white noise, in 8-bit gray levels (glass has none; a 4 µm/px
+            thumbnail of unstained tissue about 0.5).
+        brightfield_darkness: brightfield tissue darker than the glass white by this fraction is
+            tissue even where it is smooth; covers the illumination's shading of the glass.
+        brightfield_white: the glass white, as a fraction of the dtype's maximum, for a
+            brightfield field with no flat area to measure it on (white-balanced scanners put
+            glass at 0.9-1.0).
     """
 
     mask_mpp: float = 4.0
@@ -52,6 +87,11 @@ class TissueConfig:
     close_um: float = 16.0
     open_um: float = 16.0
     sensitivity: float = 1.0
+    noise_sigmas: float = 5.0
+    fluorescence_contrast: float = 0.3
+    brightfield_texture: float = 0.25
+    brightfield_darkness: float = 0.06
+    brightfield_white: float = 0.94
 
 
 def tissue_mask(image: np.ndarray, *, mpp: float, modality: Modality = "auto",
@@ -74,15 +114,16 @@ def tissue_mask(image: np.ndarray, *, mpp: float, modality: Modality = "auto",
         raise InputError(f"tissue_mask: expected an H×W×C image, got shape {image.shape}")
     if modality == "auto":
         modality = guess_modality(img)
+    sensitivity = max(cfg.sensitivity, 1e-3)
     if modality == "he":
         feature, floor, exclude = _he_feature(img)
+        mask = _he_threshold(feature, floor=floor, sensitivity=sensitivity) & ~exclude
     elif modality == "brightfield":
-        feature, floor, exclude = _brightfield_feature(img)
+        mask = _brightfield_feature(img, mpp=mpp, cfg=cfg) > 1 / sensitivity
     elif modality == "fluorescence":
-        feature, floor, exclude = _fluorescence_feature(img)
+        mask = _fluorescence_feature(img, mpp=mpp, cfg=cfg) > 1 / sensitivity
     else:
         raise InputError(f"unknown tissue modality '{modality}'; use auto, he, brightfield or fluorescence")
-    mask = _threshold(feature, floor=floor, sensitivity=cfg.sensitivity) & ~exclude
     return _clean(mask, mpp=mpp, cfg=cfg)
 
 
@@ -124,9 +165,10 @@ def tissue_fraction(mask: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# Features: each returns (feature, noise floor for the threshold, pixels to exclude)
+# Features, each measured against its modality's glass
 # ---------------------------------------------------------------------------------------------
 def _he_feature(img: np.ndarray):
+    """(feature, noise floor for the threshold, pixels to exclude): OD and saturation, ~1 on tissue."""
     if img.shape[2] != 3:
         raise InputError(f"H&E tissue detection needs an RGB image, got {img.shape[2]} channels")
     rgb = _unit(img)
@@ -142,58 +184,136 @@ def _he_feature(img: np.ndarray):
     return feature, 0.25, ink
 
 
-def _brightfield_feature(img: np.ndarray):
-    gray = _unit(img).mean(axis=2)
-    # Glass level: the brightest mode of the histogram (robust whether glass or tissue dominates).
-    hist, edges = np.histogram(gray, bins=256, range=(float(gray.min()), float(gray.max()) + 1e-6))
-    upper = np.arange(256) >= np.searchsorted(edges, np.median(gray)) - 1
-    glass = float(edges[np.argmax(np.where(upper, hist, -1))]) + 0.5 * float(edges[1] - edges[0])
-    dark = filters.gaussian(glass - gray, 1.5)  # smoothed darkness below the glass
-    local = np.sqrt(np.clip(filters.gaussian(gray**2, 2) - filters.gaussian(gray, 2) ** 2, 0, None))
-    # Noise of both features, measured on pixels brighter than the glass level (surely glass):
-    # darkness there is half-normal, local contrast there is the glass's own.
-    on_glass = dark < 0
-    if np.count_nonzero(on_glass) < 16:
-        return np.zeros_like(gray), 1.0, np.zeros_like(gray, bool)
-    sigma_dark = max(float(np.sqrt(np.mean(dark[on_glass] ** 2))), 1e-4)
-    loc = local[on_glass]
-    sigma_loc = max(1.4826 * float(np.median(np.abs(loc - np.median(loc)))), 1e-4)
-    z_dark = dark / sigma_dark
-    z_texture = (local - float(np.median(loc))) / sigma_loc
-    return np.maximum(z_dark, z_texture), 5.0, np.zeros_like(gray, bool)
-
-
-def _fluorescence_feature(img: np.ndarray):
-    # float32 throughout, channels summed in place: a whole-slide mask is the largest array
-    # staining holds, so its bytes per pixel set how memory grows with the slide.
-    total = np.zeros(img.shape[:2], np.float32)
-    k = max(1, math.isqrt(total.size // 1_000_000))  # percentiles from about a million pixels
-    for c in range(img.shape[2]):
-        x = img[..., c].astype(np.float32)
-        lo, hi = np.percentile(x[::k, ::k], [2, 99.8])
-        x -= lo
-        x *= 1 / max(float(hi - lo), 1e-6)
-        np.clip(x, 0, 1, out=x)
-        total += x
-        del x
-    total /= img.shape[2]
-    total = filters.gaussian(total, 1.0, preserve_range=True).astype(np.float32, copy=False)
-    bg = total[total <= np.percentile(total[::k, ::k], 50)]
-    noise = max(1.4826 * float(np.median(np.abs(bg - np.median(bg)))), 1e-3)
-    total -= float(np.median(bg))
-    total /= noise
-    return total, 5.0, np.zeros(total.shape, bool)
-
-
-# ---------------------------------------------------------------------------------------------
-def _threshold(feature: np.ndarray, *, floor: float, sensitivity: float) -> np.ndarray:
+def _he_threshold(feature: np.ndarray, *, floor: float, sensitivity: float) -> np.ndarray:
+    """Otsu's threshold, bounded below by ``floor``; the floor alone where Otsu's lower class is
+    not glass (a field with no glass, which Otsu would split in two)."""
     finite = np.isfinite(feature)
     values = feature.ravel() if finite.all() else feature[finite]
     if values.size == 0 or float(values.max() - values.min()) < 1e-9:
-        return np.zeros(feature.shape, bool)
-    t = filters.threshold_otsu(values)
-    t = max(t, floor) / max(sensitivity, 1e-3)
-    return feature > t
+        return feature > floor / sensitivity
+    k = max(1, math.isqrt(values.size // 1_000_000))  # Otsu from about a million pixels
+    sample = values[::k * k]
+    t = float(filters.threshold_otsu(sample))
+    below = sample[sample <= t]
+    if below.size == 0 or float(np.median(below)) > floor:  # the lower class is tissue too
+        t = floor
+    return feature > max(t, floor) / sensitivity
+
+
+def _brightfield_feature(img: np.ndarray, *, mpp: float, cfg: TissueConfig) -> np.ndarray:
+    """Tissue evidence of an unstained brightfield image, 1 at the threshold: the larger of its
+    cellular-scale texture over ``brightfield_texture`` and its darkness below the glass white
+    over the glass's own spread (``noise_sigmas`` robust σ of the flat areas' level), or, with no
+    flat area, below ``brightfield_white`` over ``brightfield_darkness`` of it."""
+    gray = _unit(img).mean(axis=2, dtype=np.float32) * np.float32(255)  # 8-bit gray levels
+    inner = _interior(gray)
+    s1, s2 = (max(0.5, um / mpp) for um in _TEXTURE_UM)
+    fine, coarse = _blur(gray, s1), _blur(gray, s2)
+    band = fine - coarse
+    energy = _blur(band * band, max(0.5, _TEXTURE_WINDOW_UM / mpp))
+    # White noise (whatever its level: glass is flat however noisy) leaks into the band by the
+    # norm of the band-pass kernel; subtract its expected energy.
+    leak = _band_gain(s1, s2) * _white_noise(inner)
+    energy -= np.float32(leak * leak)
+    np.clip(energy, 0, None, out=energy)
+    texture = np.sqrt(energy, out=energy) / np.float32(cfg.brightfield_texture)
+    texture = _erode(texture, round(_ERODE_UM / mpp))
+    # The glass white: the level of the flat areas, give or take their spread (shading, noise);
+    # with none, the configured white give or take `brightfield_darkness`.
+    flat = _interior(texture) < 0.5
+    levels = _interior(coarse)[flat]
+    if levels.size >= max(16, 0.01 * flat.size):
+        white = float(np.median(levels))
+        margin = cfg.noise_sigmas * 1.4826 * float(np.median(np.abs(levels - white)))
+    else:
+        white = 255.0 * cfg.brightfield_white
+        margin = cfg.brightfield_darkness * white
+    darkness = (np.float32(white) - coarse) / np.float32(max(margin, 0.5))
+    return np.maximum(texture, darkness, out=texture)
+
+
+def _fluorescence_feature(img: np.ndarray, *, mpp: float, cfg: TissueConfig) -> np.ndarray:
+    """Tissue evidence of a fluorescence image, 1 at the threshold: the largest over channels of
+    the signal above the glass level over the glass's margin (``fluorescence_contrast`` of its
+    level, or ``noise_sigmas`` of its noise, whichever is larger)."""
+    # float32 throughout, one channel at a time: a whole-slide mask is the largest array
+    # staining holds, so its bytes per pixel set how memory grows with the slide.
+    evidence = np.full(img.shape[:2], -np.inf, np.float32)
+    k = max(1, math.isqrt(evidence.size // 1_000_000))  # percentiles from about a million pixels
+    for c in range(img.shape[2]):
+        raw = img[..., c]
+        x = raw.astype(np.float32)  # not blurred: a blur would move the edge of a bright core outwards
+        sample = _interior(x)[::k, ::k]
+        lit = sample[sample > 0]  # exact zeros: unscanned, or outside the slide
+        if lit.size == 0:
+            continue
+        glass = float(np.percentile(lit, 1))
+        # Noise of the glass level, from its pixels' Haar detail; at most the shot noise of a camera
+        # of up to 4 ADU per photo-electron plus 2 ADU of read noise: the darkest pixels of a field
+        # with no glass are tissue, whose texture is no noise.
+        noise = _white_noise(_interior(raw), below=glass * (1 + cfg.fluorescence_contrast), robust=True)
+        noise = min(noise, 2 * math.sqrt(max(glass, 0.0)) + 2)
+        margin = max(cfg.fluorescence_contrast * abs(glass), cfg.noise_sigmas * noise, 1e-6)
+        x -= np.float32(glass)
+        x *= np.float32(1 / margin)
+        np.maximum(evidence, x, out=evidence)
+        del x
+    return _erode(evidence, round(_ERODE_UM / mpp))
+
+
+# ---------------------------------------------------------------------------------------------
+def _interior(x: np.ndarray) -> np.ndarray:
+    """``x`` without its outermost pixels, where the image is large enough to spare them."""
+    b = _BORDER_PX
+    return x[b:-b, b:-b] if min(x.shape[:2]) > 8 * b else x
+
+
+def _erode(evidence: np.ndarray, r: int) -> np.ndarray:
+    """Grey erosion of a float32 evidence map by a disc of radius ``r`` px (none when 0)."""
+    if r < 1:
+        return evidence
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    return cv2.erode(evidence, disc, borderType=cv2.BORDER_REPLICATE)
+
+
+def _kernel(sigma: float) -> np.ndarray:
+    return cv2.getGaussianKernel(2 * math.ceil(3 * sigma) + 1, sigma, cv2.CV_64F)[:, 0]
+
+
+def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur (σ in px) of a float32 image, borders reflected."""
+    n = len(_kernel(sigma))
+    return cv2.GaussianBlur(np.ascontiguousarray(x, dtype=np.float32), (n, n), sigma, borderType=cv2.BORDER_REFLECT)
+
+
+def _band_gain(s1: float, s2: float) -> float:
+    """Standard deviation of white noise of σ = 1 after ``_blur(s1) - _blur(s2)``."""
+    k1, k2 = _kernel(s1), _kernel(s2)
+    pad = (len(k2) - len(k1)) // 2
+    k1 = np.pad(k1, pad) if pad >= 0 else k1
+    k2 = np.pad(k2, -pad) if pad < 0 else k2
+    return float(np.sqrt(np.sum((np.outer(k1, k1) - np.outer(k2, k2)) ** 2)))
+
+
+def _white_noise(x: np.ndarray, *, below: float | None = None, robust: bool = False) -> float:
+    """Standard deviation of the white (pixel-to-pixel) noise of ``x``, from the diagonal Haar
+    detail of its 2×2 cells (about a million of them): their RMS, or with ``robust`` their median
+    absolute value / 0.6745 (Donoho & Johnstone 1994); with ``below``, of the cells whose mean is
+    at most ``below`` (at least the darkest 1%)."""
+    k = max(1, math.isqrt(x.shape[0] * x.shape[1] // 4_000_000))
+    h, w = (x.shape[0] // 2 // k) * 2 * k, (x.shape[1] // 2 // k) * 2 * k
+    if h == 0 or w == 0:
+        return 0.0
+    a, b = x[0:h:2 * k, 0:w:2 * k].astype(np.float32), x[0:h:2 * k, 1:w:2 * k].astype(np.float32)
+    c, d = x[1:h:2 * k, 0:w:2 * k].astype(np.float32), x[1:h:2 * k, 1:w:2 * k].astype(np.float32)
+    detail = np.abs(a - b - c + d).ravel() / 2
+    if below is not None:
+        mean = ((a + b + c + d) / 4).ravel()
+        keep = mean <= max(below, float(np.percentile(mean, 1)))
+        detail = detail[keep]
+    if robust:
+        return float(np.median(detail)) / 0.6745
+    return float(np.sqrt(np.mean(detail * detail)))
 
 
 def _clean(mask: np.ndarray, *, mpp: float, cfg: TissueConfig) -> np.ndarray:

@@ -7,8 +7,16 @@ import csv
 import numpy as np
 import pytest
 
-from stainldm.data.store import TILE_COLUMNS, TileRow, TileStore, read_tile_rows
+from stainldm.data.store import (
+    TILE_COLUMNS,
+    TileRow,
+    TileStore,
+    create_tile_arrays,
+    place_tiles,
+    read_tile_rows,
+)
 from stainldm.errors import InputError
+from stainldm.files import atomic_write_csv
 
 TILE = 16
 
@@ -206,3 +214,54 @@ def test_malformed_tiles_csv_row_names_the_line(tmp_path):
     path.write_text("slide,core\n")
     with pytest.raises(InputError, match="expected the header slide_id,core,split"):
         read_tile_rows(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Placing tiles into another store's arrays (what a merge of store parts does)
+# ---------------------------------------------------------------------------------------------
+def test_place_tiles_links_chunk_files_and_keeps_the_ones_already_placed(tmp_path):
+    src, u, s = _store(tmp_path, 4)
+    u[2], s[2] = 0, 0  # an all-fill tile: zarr keeps no chunk file for it
+    src.truncate(2)
+    src.append(u[2:], s[2:], _rows(2, start=2))
+    dst = tmp_path / "merged"
+    create_tile_arrays(dst / "tiles.zarr", tile_px=TILE, channels_in=2, dtype_in="uint16", n=3)
+    assert place_tiles(src, dst, [(3, 0), (2, 1)]) == {"linked": 2, "copied": 0, "recoded": 0}
+    assert place_tiles(src, dst, [(3, 0), (2, 1), (0, 2)]) == {"linked": 2, "copied": 0, "recoded": 0}  # resumed
+    atomic_write_csv(dst / "tiles.csv", [TILE_COLUMNS, *(r.as_csv() for r in _rows(3))])
+    back = TileStore.open(dst)
+    for j, i in enumerate((3, 2, 0)):
+        np.testing.assert_array_equal(back.read(j)[0], u[i])
+        np.testing.assert_array_equal(back.read(j)[1], s[i])
+    chunk = dst / "tiles.zarr" / "stained" / "c" / "0" / "0" / "0" / "0"
+    assert chunk.stat().st_ino == (src.root / "tiles.zarr" / "stained" / "c" / "3" / "0" / "0" / "0").stat().st_ino
+    # the source store goes on (a shard rerun): its writes replace files, never the merged store's bytes
+    src.truncate(3)
+    src.append(u[:1] + 1, s[:1] + 1, _rows(1, start=3))
+    np.testing.assert_array_equal(TileStore.open(dst).read(0)[1], s[3])
+
+
+def test_a_store_with_an_unfinished_merge_or_only_parts_does_not_open(tmp_path):
+    _store(tmp_path, 2)
+    root = tmp_path / "store"
+    (root / "merge.json").write_text('{"status": "merging"}')
+    with pytest.raises(InputError, match=r"store: holds an unfinished merge of store parts \(interrupted, or still "
+                                         r"running\); rerun `stainldm merge-stores .*store` to finish it"):
+        TileStore.open(root)
+    (root / "merge.json").write_text('{"status": "done"}')
+    assert len(TileStore.open(root)) == 2
+    (tmp_path / "sharded" / "parts" / "shard-1-of-2").mkdir(parents=True)
+    with pytest.raises(InputError, match=r"sharded: holds the parts of a sharded prepare .* but no merged store yet"):
+        TileStore.open(tmp_path / "sharded")
+
+
+def test_the_store_records_channel_names_and_refuses_others(tmp_path):
+    store = TileStore.create(tmp_path / "s", tile_px=16, channels_in=2, dtype_in="uint16",
+                             channel_names=["DAPI", "FITC"])
+    assert store.channel_names == ("DAPI", "FITC")
+    assert TileStore.create(tmp_path / "s", tile_px=16, channels_in=2, dtype_in="uint16",
+                            channel_names=("DAPI", "FITC")).channel_names == ("DAPI", "FITC")
+    with pytest.raises(InputError, match=r"s: holds channels DAPI, FITC, this slide gives FITC, DAPI; choose them "
+                                         r"by name with `channels`"):
+        TileStore.create(tmp_path / "s", tile_px=16, channels_in=2, dtype_in="uint16", channel_names=["FITC", "DAPI"])
+    assert TileStore.create(tmp_path / "old", tile_px=16, channels_in=1, dtype_in="uint8").channel_names is None

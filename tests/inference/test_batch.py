@@ -20,7 +20,6 @@ from stainldm.inference.batch import (
     default_batch_size,
     expand_inputs,
     output_name,
-    parse_shard,
     shard,
     stain_provenance,
 )
@@ -105,58 +104,24 @@ def test_shards_are_disjoint_and_cover_the_list_once(count):
     assert parts == [shard(list(reversed(items)), i, count) for i in range(count)]  # order of listing does not matter
 
 
-@pytest.mark.parametrize(("text", "env", "expected"), [
-    ("1/2", {}, (0, 2)),
-    ("2/2", {"RANK": "0", "WORLD_SIZE": "2"}, (1, 2)),  # --shard wins over the environment
-    ("1/1", {}, (0, 1)),
-    (None, {"RANK": "3", "WORLD_SIZE": "4"}, (3, 4)),  # torchrun
-    (None, {"SLURM_PROCID": "2", "SLURM_NTASKS": "3"}, (2, 3)),  # srun
-    (None, {"RANK": "1", "WORLD_SIZE": "2", "SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, (1, 2)),  # torchrun in SLURM
-    (None, {"RANK": "1"}, (0, 1)),  # half a pair is no sharding
-    (None, {}, (0, 1)),
-])
-def test_parse_shard(text, env, expected):
-    assert parse_shard(text, env) == expected
-
-
-def test_parse_shard_reads_the_process_environment(monkeypatch):
-    monkeypatch.setenv("SLURM_PROCID", "4")
-    monkeypatch.setenv("SLURM_NTASKS", "8")
-    assert parse_shard(None) == (4, 8)
-
-
-@pytest.mark.parametrize("text", ["3/2", "0/2", "1/0", "2", "a/b", "1/2/3", "-1/2"])
-def test_parse_shard_refuses_bad_specs(text):
-    with pytest.raises(InputError, match=f"`shard` {text}: "):
-        parse_shard(text, {})
-
-
-@pytest.mark.parametrize("env", [{"RANK": "2", "WORLD_SIZE": "2"}, {"SLURM_PROCID": "x", "SLURM_NTASKS": "2"}])
-def test_parse_shard_refuses_rank_variables_out_of_range(env):
-    with pytest.raises(InputError, match="RANK|SLURM"):
-        parse_shard(None, env)
-
-
-def test_parse_shard_names_the_argument_in_the_environment_branch():
-    with pytest.raises(InputError, match=r"not integers; fix the launcher's environment or pass `shard` i/n"):
-        parse_shard(None, {"RANK": "x", "WORLD_SIZE": "2"})
-
-
 # ---------------------------------------------------------------------------------------------
 # The manifest
 # ---------------------------------------------------------------------------------------------
 def test_the_manifest_keeps_one_row_per_slide_and_counts_statuses(tmp_path):
     manifest = Manifest(tmp_path / "manifest.csv")
-    assert manifest.read() == {} and manifest.counts() == {"done": 0, "skipped": 0, "failed": 0}
+    assert manifest.read() == {} and manifest.counts() == {"done": 0, "no-tissue": 0, "failed": 0}
     manifest.record({"slide": "a.svs", "status": "failed", "output": "", "seconds": "1.00", "error": "a.svs: bad"})
-    manifest.record({"slide": "b.svs", "status": "skipped", "output": "", "seconds": "0.50", "error": "no tissue"})
+    manifest.record({"slide": "b.svs", "status": "no-tissue", "output": "", "seconds": "0.50", "error": "no tissue"})
     manifest.record({"slide": "a.svs", "status": "done", "output": "a.tiff", "seconds": "2.00", "error": ""})
     with open(manifest.path, newline="") as fh:
         rows = list(csv.reader(fh))
     assert rows == [list(MANIFEST_COLUMNS), ["a.svs", "done", "a.tiff", "2.00", ""],
-                    ["b.svs", "skipped", "", "0.50", "no tissue"]]  # a's row replaced in place
+                    ["b.svs", "no-tissue", "", "0.50", "no tissue"]]  # a's row replaced in place
     assert manifest.path.read_bytes().startswith(b"slide,status,output,seconds,error\r\n")  # as csv.DictWriter
-    assert manifest.counts() == {"done": 1, "skipped": 1, "failed": 0}
+    assert manifest.counts() == {"done": 1, "no-tissue": 1, "failed": 0}
+    # A manifest an older version wrote calls a slide with no tissue `skipped`: counted as no-tissue.
+    manifest.record({"slide": "c.svs", "status": "skipped", "output": "", "seconds": "0.40", "error": "no tissue"})
+    assert manifest.counts() == {"done": 1, "no-tissue": 2, "failed": 0}
     assert sorted(p.name for p in tmp_path.iterdir()) == [".manifest.csv.lock", "manifest.csv"]  # no partial file
 
 
@@ -173,7 +138,7 @@ def test_stain_slides_yields_every_slide_records_it_and_resumes(baseline, stain_
     bars: list[_Bar] = []
     outcomes = list(batch.stain_slides([good, empty, broken], baseline, out, StainConfig(),
                                  progress=lambda slide: _Bar(slide, bars)))
-    assert [(o.slide, o.status, o.resumed) for o in outcomes] == [(good, "done", False), (empty, "skipped", False),
+    assert [(o.slide, o.status, o.resumed) for o in outcomes] == [(good, "done", False), (empty, "no-tissue", False),
                                                                   (broken, "failed", False)]
     assert outcomes[0].output == out / "good.tiff" and outcomes[0].output.is_file() and outcomes[0].error == ""
     assert outcomes[0].seconds > 0
@@ -184,7 +149,7 @@ def test_stain_slides_yields_every_slide_records_it_and_resumes(baseline, stain_
     manifest = Manifest(out / "manifest.csv")
     rows = manifest.read()
     assert rows[str(good)]["output"] == "good.tiff" and rows[str(broken)]["error"] == outcomes[2].error
-    assert manifest.counts() == {"done": 1, "skipped": 1, "failed": 1}
+    assert manifest.counts() == {"done": 1, "no-tissue": 1, "failed": 1}
     meta = json.loads((out / "good.json").read_text())
     assert meta["checkpoint_sha256"] == hashlib.sha256((stain_runs["baseline"] / "model.safetensors").read_bytes()
                                                        ).hexdigest()
@@ -196,7 +161,7 @@ def test_stain_slides_yields_every_slide_records_it_and_resumes(baseline, stain_
     again = list(batch.stain_slides([good, empty], baseline, out, StainConfig(), progress=lambda slide: _Bar(slide, bars)))
     assert again[0] == SlideOutcome(good, "done", out / "good.tiff", float(rows[str(good)]["seconds"]), "",
                                     resumed=True)
-    assert again[1].status == "skipped" and [b.slide for b in bars] == [empty]
+    assert again[1].status == "no-tissue" and [b.slide for b in bars] == [empty]
     assert (out / "good.tiff").stat().st_mtime_ns == mtime
 
 

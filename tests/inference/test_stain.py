@@ -123,10 +123,14 @@ def test_two_samples_write_an_uncertainty_map_zero_on_glass(ldm_stained):
 
 def test_uncertainty_fades_with_the_output_where_it_is_white_glass(ldm_stained):
     """The map follows the output's fade to white glass inside a region's box: wherever the output reads
-    pure white, the samples' spread is below one 8-bit intensity level (it was up to ~100 before)."""
+    pure white, the samples' spread is below one 8-bit intensity level (it was up to ~100 before).
+    Pure white is judged on 5×5 neighbourhoods: the output is JPEG, which rounds a near-white pixel
+    at the mask's rim to 255 while the lossless map keeps its few levels of spread."""
+    from scipy import ndimage as ndi
+
     res = ldm_stained["k2"]
     rgb, std = _read(res.output), _read(res.uncertainty)[..., 0]
-    white = rgb.min(axis=2) == 255
+    white = ndi.minimum_filter(rgb.min(axis=2), size=5) == 255
     assert white.any() and float(std[white].max()) < 1
 
 

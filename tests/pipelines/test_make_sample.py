@@ -196,3 +196,19 @@ def test_source_without_mpp_then_with_too_little_tissue(tmp_path, capsys):
     line = _one_error_line(capsys)
     assert "too little tissue" in line or "no place" in line
     assert "reduce" in line and not (tmp_path / "o" / "truth.json").exists()
+
+
+def test_channels_write_only_those_simulated_channels(sample_dir, tmp_path, capsys):
+    out = tmp_path / "af488"
+    assert main(["make-sample", "--out", str(out), "--seed", "3", *SMALL, "--channels", "AF488"]) == 0
+    with open_slide(out / "unstained.tiff") as one, open_slide(sample_dir / "unstained.tiff") as both:
+        assert one.channel_names == ("AF488",) and both.channel_names == ("AF405", "AF488")
+        assert np.array_equal(one.read_region((0, 0), one.dimensions)[..., 0],
+                              both.read_region((0, 0), both.dimensions)[..., 1])
+    assert _truth(out)["provenance"]["channels"] == "AF488"  # another sample than all channels'
+    capsys.readouterr()
+    assert main(["make-sample", "--out", str(tmp_path / "x"), *SMALL, "--channels", "AF405,DAPI"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: the simulated autofluorescence: --channels asks for 'DAPI', which the slide lacks; it has "
+                   "2 channels: 0=AF405, 1=AF488"]
+    assert not (tmp_path / "x" / "truth.json").exists()

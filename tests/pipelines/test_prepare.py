@@ -303,3 +303,135 @@ def test_the_real_cmu_section_is_one_tissue_region(cmu_path):
     x, y, bw, bh = cores[0].bbox_xywh
     assert 0 <= x and 0 <= y and x + bw <= w + 8 and y + bh <= h + 8
     assert bw * bh > 0.3 * w * h  # the section fills much of this crop
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharded: --shard i/n and the launchers' rank variables, on pairs that fail fast (real shards,
+# merged, are in tests/pipelines/test_merge_stores.py)
+# ---------------------------------------------------------------------------------------------
+RANK_VARIABLES = ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS")
+
+
+@pytest.fixture
+def quick_pairs(small_af_pair, tmp_path, monkeypatch) -> Path:
+    """pairs.csv of five pairs p0..p4 whose unstained file is not a slide (each fails at once)."""
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "broken.tiff").write_text("this is not a slide")
+    s = small_af_pair / "stained.tiff"
+    (tmp_path / "pairs.csv").write_text("slide_id,unstained,stained\n" +
+                                        "".join(f"p{k},broken.tiff,{s}\n" for k in range(5)))
+    return tmp_path / "pairs.csv"
+
+
+def _quick(pairs: Path, *extra: str) -> int:
+    return main(["prepare", "--pairs", str(pairs), "--out", str(pairs.parent / "store"), "--quiet", *extra])
+
+
+def test_a_shard_prepares_its_rows_into_a_part_of_its_own(quick_pairs, capsys):
+    store = quick_pairs.parent / "store"
+    assert _quick(quick_pairs, "--shard", "2/2") == 1  # its pairs failed
+    part = store / "parts" / "shard-2-of-2"
+    assert [p.name for p in store.iterdir()] == ["parts"] and [p.name for p in (store / "parts").iterdir()] == [
+        "shard-2-of-2"]
+    assert [(r["slide_id"], r["status"]) for r in _csv(part / "pairs.csv")] == [("p1", "failed"), ("p3", "failed")]
+    record = json.loads((part / "shard.json").read_text())
+    assert record["shard"] == "2/2" and record["status"] == "finished" and record["total"] == 5
+    assert [p["row"] for p in record["pairs"]] == [1, 3]
+    out, err = capsys.readouterr()
+    assert f"shard 2/2: 2 of the 5 pairs in {part}; once every shard is done: stainldm merge-stores {store}" in out
+    assert f"2 of 2 pairs failed (see {part / 'pairs.csv'})" in err
+
+
+@pytest.mark.parametrize(("env", "part", "slides"), [
+    ({"RANK": "0", "WORLD_SIZE": "3"}, "shard-1-of-3", ["p0", "p3"]),  # torchrun
+    ({"SLURM_PROCID": "2", "SLURM_NTASKS": "3"}, "shard-3-of-3", ["p2"]),  # srun
+])
+def test_rank_variables_pick_the_shard(quick_pairs, monkeypatch, env, part, slides):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert _quick(quick_pairs) == 1
+    assert [r["slide_id"] for r in _csv(quick_pairs.parent / "store" / "parts" / part / "pairs.csv")] == slides
+
+
+def test_one_shard_is_the_store_itself_as_without_shards(quick_pairs, monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert _quick(quick_pairs) == 1
+    store = quick_pairs.parent / "store"
+    assert not (store / "parts").exists() and len(_csv(store / "pairs.csv")) == 5
+
+
+def test_an_interrupted_shard_stays_unfinished_until_it_is_rerun(quick_pairs, monkeypatch):
+    from stainldm.data.prepare import StoreBuilder
+
+    add = StoreBuilder.add
+
+    def killed_at_the_second_pair(self, pair, **kw):
+        if pair.slide_id == "p2":
+            raise KeyboardInterrupt
+        return add(self, pair, **kw)
+
+    monkeypatch.setattr(StoreBuilder, "add", killed_at_the_second_pair)
+    assert _quick(quick_pairs, "--shard", "1/2") == 130
+    part = quick_pairs.parent / "store" / "parts" / "shard-1-of-2"
+    assert json.loads((part / "shard.json").read_text())["status"] == "running"
+    assert [r["slide_id"] for r in _csv(part / "pairs.csv")] == ["p0"]
+    monkeypatch.setattr(StoreBuilder, "add", add)
+    assert _quick(quick_pairs, "--shard", "1/2") == 1
+    assert json.loads((part / "shard.json").read_text())["status"] == "finished"
+    assert [r["slide_id"] for r in _csv(part / "pairs.csv")] == ["p0", "p2", "p4"]
+
+
+def test_shard_needs_a_pairs_file(small_af_pair, tmp_path, capsys):
+    assert main(_prepare_args(small_af_pair, tmp_path / "o", "--shard", "1/2")) == 2
+    assert _one_error_line(capsys) == "error: --shard needs --pairs: one pair is not split into shards"
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_malformed_shard_names_the_flag(quick_pairs, capsys):
+    assert _quick(quick_pairs, "--shard", "0/2") == 2
+    assert _one_error_line(capsys) == "error: --shard 0/2: i must be between 1 and n (n ≥ 1)"
+    assert not (quick_pairs.parent / "store").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# --channels: the unstained channels a store holds, by name or index
+# ---------------------------------------------------------------------------------------------
+FAST_REGISTRATION = ("--set", "register.deformable=false", "tiles.size=64", "tiles.stride=128")
+
+
+def test_channels_choose_and_order_what_the_store_holds(small_af_pair, tmp_path, capsys):
+    one, both = tmp_path / "one", tmp_path / "both"
+    assert main([*_prepare_args(small_af_pair, one, "--channels", "1", *FAST_REGISTRATION)]) == 0
+    assert main([*_prepare_args(small_af_pair, both, *FAST_REGISTRATION)]) == 0
+    store, full = TileStore.open(one), TileStore.open(both)
+    assert store.channels_in == 1 and store.channel_names == ("AF488",)
+    assert full.channel_names == ("AF405", "AF488") and len(store) > 0
+    at = {(r.core, r.x, r.y): i for i, r in enumerate(full.rows)}
+    shared = [(i, at[(r.core, r.x, r.y)]) for i, r in enumerate(store.rows) if (r.core, r.x, r.y) in at]
+    assert shared  # (the tissue mask is AF488's alone, so the tiles may differ a little)
+    for i, j in shared[:5]:
+        assert np.array_equal(store.read(i)[0][..., 0], full.read(j)[0][..., 1])  # AF488, cut the same way
+    # the channels are part of the store's config: more pairs come with the same choice
+    capsys.readouterr()
+    assert main([*_prepare_args(small_af_pair, one, "--slide-id", "again", *FAST_REGISTRATION)]) == 2
+    assert "this store was made with another prepare config" in _one_error_line(capsys)
+
+
+def _pair_error(capsys) -> str:
+    """The failed pair's error line (a summary line follows it)."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and err[0].startswith("error: ") and "1 of 1 pairs failed" in err[1], err
+    return err[0]
+
+
+def test_channels_the_slide_lacks_are_a_one_line_error(small_af_pair, tmp_path, capsys):
+    assert main([*_prepare_args(small_af_pair, tmp_path / "s", "--channels", "AF488,DAPI")]) == 1
+    line = _pair_error(capsys)
+    assert "unstained.tiff: --channels asks for 'DAPI', which the slide lacks; it has 2 channels: 0=AF405, 1=AF488" \
+        in line
+    assert main([*_prepare_args(small_af_pair, tmp_path / "t", "--channels", "AF488,af488")]) == 1
+    assert "AF488" in _pair_error(capsys)
+    assert main([*_prepare_args(small_af_pair, tmp_path / "u", "--channels", "AF405,,AF488")]) == 2
+    assert "--channels 'AF405,,AF488' has an empty entry" in _one_error_line(capsys)

@@ -11,12 +11,14 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import openslide
 import pytest
 import torch
@@ -73,7 +75,7 @@ def test_folder_and_csv_inputs_are_stained_and_recorded(stain_runs, stain_slides
     (lists / "batch.csv").write_text(f"slide,note\n../other/c.tiff,relative to the csv\n{folder / 'b.tiff'},again\n")
     out = tmp_path / "out"
     assert _stain([folder, lists / "batch.csv"], stain_runs["baseline"], out) == 0
-    assert "3 done, 0 skipped, 0 failed" in capsys.readouterr().out
+    assert "3 done, 0 no-tissue, 0 failed" in capsys.readouterr().out
     rows = _manifest(out)
     assert sorted(rows) == ["a.tiff", "b.tiff", "c.tiff"]  # b listed twice is one slide; no notes, no hidden file
     for name, row in rows.items():
@@ -99,13 +101,13 @@ def test_failed_and_empty_slides_are_recorded_the_batch_goes_on_and_a_rerun_skip
     captured = capsys.readouterr()
     errors = _error_lines(captured.err)
     assert len(errors) == 1 and "broken.svs" in errors[0]
-    assert "1 done, 1 skipped, 1 failed" in captured.out
+    assert "1 done, 1 no-tissue, 1 failed" in captured.out
     rows = _manifest(out)
     assert rows["good.tiff"]["status"] == "done"
     assert rows["broken.svs"]["status"] == "failed" and "broken.svs" in rows["broken.svs"]["error"]
-    assert rows["empty.tiff"]["status"] == "skipped" and "no tissue" in rows["empty.tiff"]["error"]
+    assert rows["empty.tiff"]["status"] == "no-tissue" and "no tissue" in rows["empty.tiff"]["error"]
     assert not (out / "broken.tiff").exists() and not (out / "empty.tiff").exists()
-    # Rerun without the broken slide: the done slide is not redone, the empty one is skipped again: exit 0.
+    # Rerun without the broken slide: the done slide is not redone, the empty one is no-tissue again: exit 0.
     good = out / "good.tiff"
     before = (good.stat().st_mtime_ns, (out / "good.json").stat().st_mtime_ns, rows["good.tiff"])
     (folder / "broken.svs").unlink()
@@ -113,7 +115,25 @@ def test_failed_and_empty_slides_are_recorded_the_batch_goes_on_and_a_rerun_skip
     assert _error_lines(capsys.readouterr().err) == []
     rows = _manifest(out)
     assert (good.stat().st_mtime_ns, (out / "good.json").stat().st_mtime_ns, rows["good.tiff"]) == before
-    assert rows["empty.tiff"]["status"] == "skipped"
+    assert rows["empty.tiff"]["status"] == "no-tissue"
+
+
+def test_a_glass_only_slide_ends_no_tissue_and_nothing_is_written_for_it(stain_runs, tmp_path, capsys):
+    from stainldm.wsi.reader import open_slide
+    from stainldm.wsi.writer import write_pyramid
+
+    # The make-sample slide's own glass (camera offset, background photons, shading, noise), tiled.
+    with open_slide(stain_runs["sample"] / "unstained.tiff") as slide:
+        corner = slide.read_region((0, 0), (240, 240))
+    (tmp_path / "in").mkdir()
+    write_pyramid(tmp_path / "in" / "glass.tiff", np.tile(corner, (3, 3, 1)), mpp=0.5)
+    out = tmp_path / "out"
+    assert _stain([tmp_path / "in"], stain_runs["baseline"], out) == 0
+    captured = capsys.readouterr()
+    assert "0 done, 1 no-tissue, 0 failed" in captured.out and _error_lines(captured.err) == []
+    row = _manifest(out)["glass.tiff"]
+    assert (row["status"], row["output"]) == ("no-tissue", "") and "glass.tiff: no tissue found" in row["error"]
+    assert sorted(p.name for p in out.iterdir()) == [".manifest.csv.lock", "manifest.csv"]
 
 
 def test_a_done_slide_whose_output_was_deleted_is_stained_again(stain_runs, stain_slides, tmp_path):
@@ -242,3 +262,24 @@ def test_sigkill_mid_slide_leaves_no_final_file_and_the_rerun_completes(stain_ru
         assert osl.dimensions == (1101, 301)
     assert not work.exists()
     assert [p.name for p in out.iterdir() if "partial" in p.name or p.name.endswith(".work")] == []
+
+
+def test_the_models_stain_defaults_apply_where_the_flags_do_not_say(stain_runs, stain_slides, tmp_path):
+    """model.json's stain_defaults (what benchmarks/steps.py --write-defaults records) set the sampling
+    the flags leave open; a flag still wins."""
+    run = tmp_path / "ldm"
+    shutil.copytree(stain_runs["ldm"], run)
+    meta = json.loads((run / "model.json").read_text())
+    meta["stain_defaults"] = {"sampler": "ddim", "steps": 2, "guidance": 1.5, "eta": 0.5, "chosen_by": "a test"}
+    (run / "model.json").write_text(json.dumps(meta))
+
+    def used(folder) -> tuple:
+        cfg = json.loads((folder / "a.json").read_text())["stain_config"]
+        return cfg["sampler"], cfg["steps"], cfg["guidance"], cfg["eta"]
+
+    assert _stain([stain_slides["a"]], run, tmp_path / "model") == 0
+    assert used(tmp_path / "model") == ("ddim", 2, 1.5, 0.5)
+    assert _stain([stain_slides["a"]], run, tmp_path / "flags", "--guidance", "1", "--steps", "1") == 0
+    assert used(tmp_path / "flags") == ("ddim", 1, 1.0, 0.5)
+    assert _stain([stain_slides["a"]], stain_runs["ldm"], tmp_path / "none", "--steps", "1") == 0
+    assert used(tmp_path / "none") == ("dpmpp_2m", 1, 1.0, 0.0)  # a model without them: StainConfig's
