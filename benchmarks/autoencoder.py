@@ -3,6 +3,12 @@ does each one keep, and what does it cost to train?
 
     .venv/bin/python benchmarks/autoencoder.py [--store STORE] [--steps 2000] [--device cuda]
                                                [--variants demo latent8 ...] [--dry-run]
+    .venv/bin/python benchmarks/autoencoder.py --init data/checkpoints/ldm [--steps 200]   # decoders only
+
+``--init CKPT`` compares decoder-only fine-tunings of a trained autoencoder instead (its encoder
+frozen, so an ldm trained on it stays valid: ``autoencoder.train_encoder: false``): L1 only, + the
+frequency term, + the adversarial term, both; the anchor is ``CKPT``'s own decoder, untrained
+further. Output: ``bench-out/autoencoder-decoder.json``.
 
 Each variant is configs/demo.yaml's ``train:`` section with a few ``--set`` overrides, trained for
 ``--steps`` by a :class:`stainldm.train.loop.Trainer` (kind ``autoencoder``, the demo's batch of 8
@@ -69,6 +75,21 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 COMBO = "combo"
 
+#: ``--init CKPT``: the decoder of a trained autoencoder (``CKPT``: an autoencoder run, or an ldm
+#: checkpoint such as data/checkpoints/ldm) fine-tuned with its encoder frozen, so the latent space
+#: and every ldm trained on it stay valid. Anchor: ``CKPT``'s autoencoder itself, untrained further.
+#: name -> (group, overrides); ``{init}`` is ``--init``.
+DECODER_ANCHOR = "shipped"
+DECODER_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "dec-l1": ("decoder", ()),
+    "dec-frequency": ("decoder", ("autoencoder.frequency_weight={frequency_weight}",)),
+    "dec-adversarial": ("decoder", ("autoencoder.adversarial_weight=0.1", "autoencoder.adversarial_start=0")),
+    "dec-combo": ("decoder", ("autoencoder.frequency_weight={frequency_weight}", "autoencoder.adversarial_weight=0.1",
+                              "autoencoder.adversarial_start=0")),
+}
+DECODER_FIXED = ("autoencoder.init={init}", "autoencoder.train_encoder=false", "optim.lr={decoder_lr}",
+                 "optim.warmup_steps=0")
+
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -78,7 +99,7 @@ def parse_args() -> argparse.Namespace:
                    help="folder for the sample and the store it builds (kept for the next run)")
     p.add_argument("--steps", type=int, default=2000, help="optimisation steps per variant (default 2000)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--variants", nargs="+", default=[*VARIANTS, COMBO], choices=[*VARIANTS, COMBO],
+    p.add_argument("--variants", nargs="+", choices=[*VARIANTS, COMBO, *DECODER_VARIANTS],
                    help="which to train (the anchor, demo, always runs)")
     p.add_argument("--combo", nargs="+", choices=[v for v in VARIANTS if v != ANCHOR],
                    help="the variants combo combines (default: chosen by the table)")
@@ -87,6 +108,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--workers", type=int, help="DataLoader processes (default: 2 on the CPU, as the demo; "
                                                "up to 8 on a GPU)")
     p.add_argument("--tiles", type=int, default=0, help="test tiles to evaluate on (default 0: all)")
+    p.add_argument("--init", type=Path,
+                   help="compare decoder-only fine-tunings of this trained autoencoder instead (an autoencoder run "
+                        "or an ldm checkpoint, e.g. data/checkpoints/ldm): variants " + ", ".join(DECODER_VARIANTS))
+    p.add_argument("--decoder-lr", type=float, default=1e-4,
+                   help="peak learning rate of the decoder fine-tunings (default 1e-4, no warm-up)")
     p.add_argument("--dry-run", action="store_true",
                    help="3 steps per variant on the CPU, 8 test tiles: checks the script")
     return p.parse_args()
@@ -273,8 +299,8 @@ def combine(parts: list[str], fmt: dict[str, Any]) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------
-def report(results: dict[str, dict[str, Any]], parts: dict[str, list[str]]) -> None:
-    a = results[ANCHOR]
+def report(results: dict[str, dict[str, Any]], parts: dict[str, list[str]], anchor: str = ANCHOR) -> None:
+    a = results[anchor]
     rows = []
     for name, r in results.items():
         label = f"{name} ({'+'.join(parts[name])})" if name in parts else name
@@ -283,7 +309,7 @@ def report(results: dict[str, dict[str, Any]], parts: dict[str, list[str]]) -> N
                      f"{r['psnr'] - a['psnr']:+.2f}", f"{r['ssim']:.3f}", f"{r['sharpness']:.3f}",
                      f"{r['sharpness'] / a['sharpness']:.2f}", f"{s['tissue']:.2f}", f"{s['nuclei']:.2f}",
                      f"{s['chromatin']:.2f}", round(r["cpu_s"], 1), round(r["wall_s"], 1),
-                     f"{r['cpu_s'] / a['cpu_s']:.2f}", f"{r['margin_db']:+.2f}"])
+                     f"{r['cpu_s'] / a['cpu_s']:.2f}" if a["cpu_s"] else "", f"{r['margin_db']:+.2f}"])
     print()
     print(table(["variant", "params M", "latent", "PSNR dB", "Δ anchor", "SSIM", "sharpness", "× anchor",
                  "spec tissue", "spec nuclei", "spec chromatin", "CPU s", "wall s", "CPU × anchor", "margin dB"],
@@ -306,7 +332,13 @@ def main() -> None:
     if args.workers is None:
         gpu = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
         args.workers = min(8, max(2, (os.cpu_count() or 2) - 2)) if gpu else 2
-    fmt = {"half": args.steps // 2, "frequency_weight": args.frequency_weight}
+    fmt = {"half": args.steps // 2, "frequency_weight": args.frequency_weight, "init": args.init,
+           "decoder_lr": args.decoder_lr}
+    if args.init:
+        return main_decoder(args, fmt)
+    args.variants = args.variants or [*VARIANTS, COMBO]
+    if bad := [v for v in args.variants if v in DECODER_VARIANTS]:
+        sys.exit(f"error: {', '.join(bad)} fine-tune a trained decoder: give --init CKPT")
     names = [ANCHOR] + [v for v in dict.fromkeys(args.variants) if v not in (ANCHOR, COMBO)]
     t0 = time.perf_counter()
     store = args.store or demo_store(args.work)
@@ -345,6 +377,44 @@ def main() -> None:
         "goal": {"psnr_db": GOAL_PSNR_DB, "sharpness": GOAL_SHARPNESS, "noisier_above": NOISIER_ABOVE},
         "anchor": ANCHOR, "combo": parts.get(COMBO), "results": results,
         "seconds": time.perf_counter() - t0})
+    print(f"\n{path.relative_to(ROOT)}; {time.perf_counter() - t0:.0f} s in all")
+
+
+def main_decoder(args: argparse.Namespace, fmt: dict[str, Any]) -> None:
+    """``--init``: the untrained anchor (the checkpoint's own autoencoder) and decoder fine-tunings."""
+    from stainldm.models.runs import load_autoencoder
+
+    if args.variants and (bad := [v for v in args.variants if v not in DECODER_VARIANTS]):
+        sys.exit(f"error: --init compares {', '.join(DECODER_VARIANTS)}; not {', '.join(bad)}")
+    names = list(dict.fromkeys(args.variants or DECODER_VARIANTS))
+    t0 = time.perf_counter()
+    store = args.store or demo_store(args.work)
+    real, mpp = test_tiles(store, args.tiles)
+    ae, meta = load_autoencoder(args.init)
+    results = {DECODER_ANCHOR: {
+        "overrides": [], "steps": 0, "device": "cpu", "precision": "fp32", "workers": 0, "cpu_s": 0.0, "wall_s": 0.0,
+        "tiles_per_s": 0.0, "params": sum(p.numel() for p in ae.parameters()), "discriminator_params": 0,
+        "latent": [meta["latent_channels"], real.shape[1] // meta["downsampling"], real.shape[1] // meta["downsampling"]],
+        "downsampling": meta["downsampling"], **detail_metrics(reconstruct(ae, real, torch.device("cpu")), real, mpp)}}
+    results[DECODER_ANCHOR]["margin_db"] = goal_margin_db(results[DECODER_ANCHOR]["psnr"],
+                                                          results[DECODER_ANCHOR]["sharpness"])
+    print(f"{len(real)} test tiles at {mpp:g} µm/px; decoder of {args.init}, {args.steps} steps per variant; "
+          f"{DECODER_ANCHOR}: PSNR {results[DECODER_ANCHOR]['psnr']:.2f} dB, sharpness "
+          f"{results[DECODER_ANCHOR]['sharpness']:.3f}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench-ae-") as tmp:
+        for k, name in enumerate(names, 1):
+            overrides = [o.format(**fmt) for o in (*DECODER_FIXED, *DECODER_VARIANTS[name][1])]
+            results[name] = train_and_measure(name, overrides, store=store, runs=Path(tmp), args=args, real=real,
+                                              mpp=mpp, label=f"[{k}/{len(names)}]")
+            r = results[name]
+            print(f"[{k}/{len(names)}] {name}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.3f}, sharpness "
+                  f"{r['sharpness']:.3f}, {r['wall_s']:.0f} s", flush=True)
+    report(results, {}, anchor=DECODER_ANCHOR)
+    path = write_json(BENCH_OUT / "autoencoder-decoder.json", {
+        "machine": machine_info(), "torch": torch.__version__, "store": str(store), "init": str(args.init),
+        "test_tiles": len(real), "mpp": mpp, "steps": args.steps, "dry_run": args.dry_run,
+        "goal": {"psnr_db": GOAL_PSNR_DB, "sharpness": GOAL_SHARPNESS, "noisier_above": NOISIER_ABOVE},
+        "anchor": DECODER_ANCHOR, "results": results, "seconds": time.perf_counter() - t0})
     print(f"\n{path.relative_to(ROOT)}; {time.perf_counter() - t0:.0f} s in all")
 
 

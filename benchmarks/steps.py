@@ -40,9 +40,12 @@ tissue scale well before nuclei are as sharp as real ones, and that is not reali
 Among admissible settings, those whose sharpness ratio ``s`` is closest to 1 on a log scale (``|ln s|``,
 so 0.8 and 1.25 are equally far) — the closest and any within 0.05 of it, about the half-width of the
 sharpness CI on 32 tiles — are equally good, and the one with the fewest network evaluations among them
-is recommended (then the closer to 1). The last lines print it beside the current stain defaults (:class:`StainConfig`:
-dpmpp_2m, 10 NFE, guidance 1, η 0) and the earlier goal (DPM-Solver++(2M) at 10 NFE within 1 % SSIM
-of the anchor). Output: ``bench-out/steps.json``.
+is recommended (then the closer to 1). The last lines print it beside the model's current stain
+defaults (its model.json ``stain_defaults``, else :class:`StainConfig`'s: dpmpp_2m, 10 NFE, guidance 1,
+η 0) and the earlier goal (DPM-Solver++(2M) at 10 NFE within 1 % SSIM of the anchor).
+``--write-defaults`` records the recommendation as the run's ``stain_defaults``, which ``stainldm
+stain`` (and ``demo``, ``evaluate --baseline``) use where their arguments do not say. Output:
+``bench-out/steps.json``.
 """
 
 from __future__ import annotations
@@ -104,7 +107,7 @@ class Setting:
 
 ANCHOR = Setting("ddim", 50, 1.0, 0.0)
 _D = StainConfig()
-DEFAULT = Setting(_D.sampler, _D.steps, _D.guidance, _D.eta)  # what `stainldm stain` uses today
+DEFAULT = Setting(_D.sampler, _D.steps, _D.guidance, _D.eta)  # `stainldm stain` without the model's stain_defaults
 
 # One factor at a time around the stain default (sampler and NFE; guidance; η), and a few combinations.
 QUICK = (
@@ -263,6 +266,9 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", help="fp32, bf16, fp16 or auto")
     parser.add_argument("--batch", type=int, help="windows per network call (default 8 on a CPU, 64 on a GPU)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--write-defaults", action="store_true",
+                        help="record the recommendation in the run's model.json (stain_defaults), which "
+                             "`stainldm stain` then uses where its flags do not say")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     if args.threads:
@@ -316,17 +322,19 @@ def main() -> None:
         rel = fast["summary"]["ssim"][0] / a["ssim"][0] - 1
         print(f"DPM++(2M) at 10 NFE vs DDIM at 50: SSIM {100 * rel:+.2f}%; goal no more than 1% lower: "
               f"{'ok' if rel >= -0.01 else 'MISSED'}")
-    d = results.get(DEFAULT)
+    c = model.stain_config()  # the model's stain_defaults, else StainConfig's: what `stainldm stain` uses
+    current = Setting(c.sampler, c.steps, c.guidance, c.eta)
+    d = results.get(current)
     now = (f"sharpness {d['summary']['sharpness'][0]:.2f}, PSNR {d['summary']['psnr'][0]:.2f} dB, "
            f"SSIM {d['summary']['ssim'][0]:.4f}" if d else "not in this grid")
-    print(f"current stain defaults ({DEFAULT.sampler}, {DEFAULT.nfe} NFE, guidance {DEFAULT.guidance:g}, "
-          f"η {DEFAULT.eta:g}): {now}")
+    print(f"current stain defaults of this model ({current.sampler}, {current.nfe} NFE, guidance "
+          f"{current.guidance:g}, η {current.eta:g}): {now}")
     if best is None:
         print("recommendation: none (no setting is admissible)")
     else:
         b = results[best]["summary"]
         goal = "inside" if 0.85 <= b["sharpness"][0] <= 1.2 else "outside"
-        same = " (the current default)" if best == DEFAULT else ""
+        same = " (the current default)" if best == current else ""
         print(f"recommendation: {best.sampler}, {best.nfe} NFE, guidance {best.guidance:g}, η {best.eta:g}{same} — "
               f"sharpness {b['sharpness'][0]:.2f} ({goal} the 0.85–1.2 goal), PSNR {b['psnr'][0]:.2f} dB, "
               f"SSIM {b['ssim'][0]:.4f}, {best.evals} network evaluations per tile")
@@ -336,6 +344,20 @@ def main() -> None:
         "admissible": {"psnr_min": psnr_floor, "ssim_min": ssim_floor, "spectrum_max": NOISIER},
         "recommendation": asdict(best) if best else None,
         "results": [{**asdict(s), "evals": s.evals, **r} for s, r in results.items()]})
+    if args.write_defaults and best is not None:
+        note = f"benchmarks/steps.py{' --quick' if args.quick else ''}: {len(xs)} {args.split} tiles of {args.store}"
+        write_stain_defaults(args.run, best, chosen_by=note)
+        print(f"wrote the recommendation into {args.run}/model.json (stain_defaults): `stainldm stain` uses it")
+
+
+def write_stain_defaults(run: Path, s: Setting, *, chosen_by: str) -> None:
+    """Records setting ``s`` as ``run``'s ``stain_defaults`` in its model.json (atomically)."""
+    from stainldm.models.runs import read_model_json, write_model_json
+
+    meta = read_model_json(run, kind="ldm")
+    meta["stain_defaults"] = {"sampler": s.sampler, "steps": s.nfe, "guidance": s.guidance, "eta": s.eta,
+                              "chosen_by": chosen_by}
+    write_model_json(Path(run) / "model.json", {k: v for k, v in meta.items() if k != "format"})
 
 
 if __name__ == "__main__":

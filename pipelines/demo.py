@@ -54,6 +54,9 @@ class DemoSteps:
     autoencoder_steps: int = 300
     ldm_steps: int = 300
     baseline_steps: int = 300
+    #: then the decoder alone (these --set overrides); the ldm stains and ships with it; 0: none
+    decoder_steps: int = 0
+    decoder_set: tuple[str, ...] = ()
     stain_steps: int = 10
 
 
@@ -76,18 +79,6 @@ def shipped_models(folder: Path) -> dict[str, Path]:
                                       "`git checkout -- data/checkpoints` or run `stainldm demo --train`")
         models[kind] = run
     return models
-
-
-def export_models(runs: dict[str, Path], dest: Path, evaluation: Path | None) -> None:
-    """The trained ldm and baseline in the shipped form (``models.runs.export_run``), with the evaluation."""
-    from stainldm.files import atomic_write_bytes
-    from stainldm.models.runs import export_run
-
-    for kind, run in runs.items():
-        export_run(run, dest / kind)
-    if evaluation is not None and evaluation.is_file():
-        atomic_write_bytes(dest / "evaluation.csv", evaluation.read_bytes())
-    print(f"exported {', '.join(runs)} to {dest}")
 
 
 def summary_lines(metrics_json: Path, report: Path, timings: dict[str, float]) -> list[str]:
@@ -122,9 +113,10 @@ def run(args: argparse.Namespace) -> int:
     from stainldm.eval import report as eval_report
     from stainldm.eval.evaluate import EvalData, colour_map_method, evaluate, write_evaluation
     from stainldm.eval.predictions import load_methods
+    from stainldm.files import atomic_write_bytes
     from stainldm.inference.batch import default_batch_size, stain_slides
-    from stainldm.inference.config import StainConfig
     from stainldm.inference.model import StainModel
+    from stainldm.models.runs import export_run
 
     if args.export is not None and not args.train:
         raise InputError("`export` writes trained models: use it with `train`")
@@ -145,14 +137,17 @@ def run(args: argparse.Namespace) -> int:
             print(line)
     if models is None:
         models = {kind: runs / kind for kind in STAIN_KINDS}
-        for kind in ("autoencoder", "ldm", "baseline"):
+        for kind in ("autoencoder", "ldm", "baseline", "decoder")[: 4 if steps.decoder_steps else 3]:
             with stage(f"train {kind}"):
-                _train(kind, runs, store, getattr(steps, f"{kind}_steps"), args)
+                _train(kind, runs, store, getattr(steps, f"{kind}_steps"), args, steps.decoder_set)
+        if steps.decoder_steps:  # the ldm carrying the fine-tuned decoder: what is stained and exported
+            models["ldm"] = runs / "ldm-decoder"
+            export_run(runs / "ldm", models["ldm"], autoencoder=runs / "decoder")
     device = resolve_device(args.device, env=os.environ, cuda_count=torch.cuda.device_count())
-    cfg = StainConfig(steps=steps.stain_steps, batch_size=default_batch_size(device))
     for kind in STAIN_KINDS:
         with stage(f"stain {kind}"):
             model = StainModel.load(models[kind], device=device, precision="auto")
+            cfg = model.stain_config(steps=steps.stain_steps, batch_size=default_batch_size(device))
             for outcome in stain_slides([sample / "unstained.tiff"], model, stained / kind, cfg,
                                         progress=lambda s: bar(desc=s.name, unit="canvas")):
                 if outcome.status != "done":
@@ -168,8 +163,11 @@ def run(args: argparse.Namespace) -> int:
         print(eval_report.format_summary(summary, result.names))
         for msg in result.errors:  # some cores could not be evaluated: the report lists them
             print(f"error: {with_flags(msg, args.flags)}", file=sys.stderr)
-    if args.export is not None:
-        export_models({"ldm": runs / "ldm", "baseline": runs / "baseline"}, args.export, report / "metrics.csv")
+    if args.export is not None:  # the shipped form, as data/checkpoints/
+        for kind in STAIN_KINDS:
+            export_run(models[kind], args.export / kind)
+        atomic_write_bytes(args.export / "evaluation.csv", (report / "metrics.csv").read_bytes())
+        print(f"exported {', '.join(STAIN_KINDS)} to {args.export}")
     print("\nstainldm demo: done (" + ("models trained with " + str(args.config) if args.train
                                        else f"shipped models from {args.checkpoints}") + ")")
     for line in summary_lines(report / "metrics.json", html, timings):
@@ -177,8 +175,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(kind: str, runs: Path, store: Path, steps: int, args: argparse.Namespace) -> None:
-    """Trains (or resumes, or skips when done) one demo model in ``runs/<kind>``."""
+def _train(kind: str, runs: Path, store: Path, steps: int, args: argparse.Namespace, decoder_set=()) -> None:
+    """Trains (or resumes, or skips) ``runs/<kind>``; ``decoder``: runs/ldm's autoencoder, encoder frozen."""
     from stainldm.train.config import load_run_config, load_train_config, resolve_config
     from stainldm.train.loop import Trainer
 
@@ -190,11 +188,12 @@ def _train(kind: str, runs: Path, store: Path, steps: int, args: argparse.Namesp
             return
         cfg = load_run_config(run_dir, [f"steps={steps}"])
     else:
-        cfg = load_train_config(args.config, [f"steps={steps}"])
+        extra = [f"autoencoder.init={runs / 'ldm'}", "autoencoder.train_encoder=false", *decoder_set]
+        cfg = load_train_config(args.config, [f"steps={steps}", *(extra if kind == "decoder" else [])])
         cfg = resolve_config(cfg, store=store, autoencoder_run=runs / "autoencoder" if kind == "ldm" else None,
                              wandb=None)
     ae = Path(cfg.autoencoder_run) if cfg.autoencoder_run else None
-    trainer = Trainer(kind=kind, cfg=cfg, run_dir=run_dir, store=Path(cfg.data.store),
+    trainer = Trainer(kind="autoencoder" if kind == "decoder" else kind, cfg=cfg, run_dir=run_dir, store=Path(cfg.data.store),
                       device=None if resume else args.device, autoencoder_run=ae, resume=resume)
     trainer.train(progress=not args.quiet)
     print(f"{run_dir}: {kind} trained to step {trainer.step}")

@@ -41,6 +41,14 @@ class AutoencoderConfig:
             :func:`log_amplitude_l1`).
         perceptual_weight: weight of the perceptual term (0 = off).
         perceptual_weights: local weights file for the perceptual network (required if on).
+        init: a trained autoencoder to start from instead of a random initialisation: an
+            autoencoder run folder, or an ldm run or checkpoint folder (the autoencoder it carries).
+            Its architecture keys (``channels``, ``num_res_blocks``, ``latent_channels``,
+            ``attention``, ``norm_num_groups``) must equal these.
+        train_encoder: False trains the decoder only (needs ``init``): the encoder and the latent
+            projections keep ``init``'s weights, so the latent space, its scale and every ldm trained
+            on ``init`` stay valid — a sharper decoder can replace the one an ldm was shipped with
+            (as Stable Diffusion's fine-tuned VAE decoders did; :func:`~stainldm.models.runs.export_run`).
     """
 
     channels: tuple[int, ...] = (32, 64, 64)
@@ -54,6 +62,14 @@ class AutoencoderConfig:
     frequency_weight: float = 0.0
     perceptual_weight: float = 0.0
     perceptual_weights: str | None = None
+    init: str | None = None
+    train_encoder: bool = True
+
+
+#: the keys of :class:`AutoencoderConfig` that shape the weights (the rest are the loss's and training's)
+ARCHITECTURE_KEYS = ("channels", "num_res_blocks", "latent_channels", "attention", "norm_num_groups")
+#: the modules a decoder-only fine-tuning leaves as they are: they make the latent
+ENCODER_PARTS = ("encoder", "quant_conv_mu", "quant_conv_log_sigma")
 
 
 def downsampling(cfg: AutoencoderConfig) -> int:
@@ -70,6 +86,9 @@ def check_autoencoder_config(cfg: AutoencoderConfig, *, where: str = "autoencode
                           f"{where}.channels {list(cfg.channels)}")
     if cfg.frequency_weight < 0:
         raise ConfigError(f"{where}.frequency_weight ({cfg.frequency_weight}) must be 0 (off) or more")
+    if not cfg.train_encoder and not cfg.init:
+        raise ConfigError(f"{where}.train_encoder false (decoder-only fine-tuning) needs {where}.init: the "
+                          "trained autoencoder (or ldm checkpoint) whose encoder is kept")
     if cfg.perceptual_weight > 0 and not (cfg.perceptual_weights and Path(cfg.perceptual_weights).is_file()):
         raise ConfigError(f"{where}.perceptual_weight > 0 needs {where}.perceptual_weights: a local weights file "
                           f"(got {cfg.perceptual_weights!r}); nothing is downloaded")

@@ -28,7 +28,7 @@ from torch import nn
 
 from stainldm.errors import CheckpointError, ConfigError
 from stainldm.files import atomic_write_bytes
-from stainldm.models.autoencoder import AutoencoderConfig, build_autoencoder
+from stainldm.models.autoencoder import ARCHITECTURE_KEYS, ENCODER_PARTS, AutoencoderConfig, build_autoencoder
 from stainldm.models.baseline import BaselineConfig, BaselineUNet
 from stainldm.models.ldm import LatentDiffusion, LDMConfig
 
@@ -221,37 +221,110 @@ def load_run(path: str | os.PathLike, *, kind: str | None = None, device: torch.
     return Run(found, meta, folder, model.eval().to(device), autoencoder)
 
 
-def load_autoencoder(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """A trained autoencoder (eval mode, frozen) and its ``model.json``, for training an ldm on it.
+#: the entries of an autoencoder's model.json that an ldm carries under its own ``autoencoder``
+AUTOENCODER_META = ("config", "latent_channels", "downsampling", "latent_scale")
+
+
+def autoencoder_in(path: str | os.PathLike) -> tuple[dict[str, Any], Path]:
+    """The trained autoencoder a folder holds: an autoencoder run's own, or the one an ldm carries.
+
+    Args:
+        path: an autoencoder run folder, an ldm run or checkpoint folder, or its ``model.json``.
+
+    Returns:
+        its ``model.json`` entries (at least :data:`AUTOENCODER_META`) and its weights file.
 
     Raises:
-        CheckpointError: the run is not an autoencoder, its files are missing or corrupt, or it has
+        CheckpointError: missing or corrupt ``model.json``, a kind that holds no autoencoder, or an
+            autoencoder without a latent scale (its training never reached a checkpoint).
+    """
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    meta = read_model_json(path)
+    kind = meta.get("kind")
+    if kind == "autoencoder":
+        found, weights = meta, folder / "model.safetensors"
+    elif kind == "ldm" and isinstance(meta.get("autoencoder"), dict):
+        found, weights = meta["autoencoder"], folder / "autoencoder.safetensors"
+    else:
+        raise CheckpointError(f"{folder}: is a {kind} checkpoint, which holds no autoencoder; pass an autoencoder "
+                              "run or an ldm run (it carries its autoencoder)")
+    if not found.get("latent_scale"):
+        raise CheckpointError(f"{folder}: the autoencoder has no latent_scale in model.json; finish its training")
+    return found, weights
+
+
+def load_autoencoder(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """A trained autoencoder (eval mode, frozen) and its ``model.json`` entries, for training an ldm on
+    it: an autoencoder run's, or the one an ldm run or checkpoint carries (:func:`autoencoder_in`).
+
+    Raises:
+        CheckpointError: the folder holds no autoencoder, its files are missing or corrupt, or it has
             no latent scale yet (its training never reached a checkpoint's measurement).
     """
-    run = load_run(path, kind="autoencoder", device=device)
-    if not run.meta.get("latent_scale"):
-        raise CheckpointError(f"{run.folder}: the autoencoder has no latent_scale in model.json; finish its training")
-    return run.model.requires_grad_(False), run.meta
+    meta, weights = autoencoder_in(path)
+    ae = build_model("autoencoder", model_config("autoencoder", meta["config"]))
+    load_weights(ae, weights)
+    return ae.eval().to(device).requires_grad_(False), meta
 
 
-def export_run(run: str | os.PathLike, dest: str | os.PathLike) -> None:
+def export_run(run: str | os.PathLike, dest: str | os.PathLike, *, autoencoder: str | os.PathLike | None = None
+               ) -> None:
     """Writes a trained run in the shipped form: its safetensors in half precision (half the size; the
     models load them into float32), ``model.json``, the training ``config.yaml`` and ``metrics.csv``.
 
+    Args:
+        run: a finished run folder (or an exported one).
+        dest: the folder to write.
+        autoencoder: for an ldm, an autoencoder run whose decoder replaces the one the ldm carries:
+            one fine-tuned from it with ``autoencoder.train_encoder`` false (same encoder, same latent
+            scale, so the ldm's latents mean what they meant). ``model.json`` records it.
+
     Raises:
-        CheckpointError: ``run`` lacks one of those files.
+        CheckpointError: ``run`` lacks one of those files, or ``autoencoder`` does not share the
+            ldm's encoder and latent scale.
     """
     from safetensors.torch import load, save
 
+    def half(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.half() if v.is_floating_point() and v.dtype == torch.float32 else v for k, v in tensors.items()}
+
     run, dest = Path(run), Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ("model.safetensors", "autoencoder.safetensors"):
-        if (run / name).is_file():
-            tensors = load((run / name).read_bytes())
-            half = {k: v.half() if v.is_floating_point() and v.dtype == torch.float32 else v
-                    for k, v in tensors.items()}
-            atomic_write_bytes(dest / name, save(half))
     for name in ("model.json", "config.yaml", "metrics.csv"):
         if not (run / name).is_file():
             raise CheckpointError(f"{run / name}: missing; a finished training run has it")
+    files = {name: half(load((run / name).read_bytes()))
+             for name in ("model.safetensors", "autoencoder.safetensors") if (run / name).is_file()}
+    meta_bytes = (run / "model.json").read_bytes()
+    if autoencoder is not None:
+        meta = read_model_json(run, kind="ldm")
+        files["autoencoder.safetensors"], meta["autoencoder"] = _same_encoder(run, files.get("autoencoder.safetensors"),
+                                                                              meta["autoencoder"], Path(autoencoder))
+        meta_bytes = json.dumps(meta, indent=1).encode()
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, tensors in files.items():
+        atomic_write_bytes(dest / name, save(tensors))
+    atomic_write_bytes(dest / "model.json", meta_bytes)
+    for name in ("config.yaml", "metrics.csv"):
         atomic_write_bytes(dest / name, (run / name).read_bytes())
+
+
+def _same_encoder(run: Path, carried: dict[str, torch.Tensor] | None, carried_meta: dict[str, Any],
+                  autoencoder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The half-precision weights and model.json entries of ``autoencoder``, once it is checked to
+    encode exactly as the autoencoder ``run`` carries (``carried``, half precision) does."""
+    from safetensors.torch import load
+
+    meta, weights = autoencoder_in(autoencoder)
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: weights file not found")
+    new = {k: v.half() if v.is_floating_point() else v for k, v in load(weights.read_bytes()).items()}
+    encoder = [k for k in (carried or {}) if k.split(".")[0] in ENCODER_PARTS]
+    same = (carried is not None and all(k in new and torch.equal(new[k], carried[k]) for k in encoder)
+            and all(meta["config"].get(k) == carried_meta["config"].get(k) for k in ARCHITECTURE_KEYS)
+            and float(meta["latent_scale"]) == float(carried_meta["latent_scale"]))
+    if not same:
+        raise CheckpointError(f"{autoencoder}: its encoder or latent scale differs from the autoencoder {run} carries; "
+                              "only a decoder fine-tuned from it (`autoencoder.init` the ldm, `autoencoder.train_encoder` "
+                              "false) can replace it; otherwise train an ldm on this autoencoder")
+    return new, {**{k: meta[k] for k in AUTOENCODER_META}, "decoder_from": autoencoder.name}

@@ -21,9 +21,22 @@ from torch import nn
 
 from stainldm.config import to_dict
 from stainldm.data.dataset import BatchPreprocessor, PairedTileDataset
-from stainldm.errors import ConfigError
-from stainldm.models.autoencoder import AutoencoderLoss, downsampling, encode_mean
-from stainldm.models.runs import build_model, load_autoencoder, save_weights
+from stainldm.errors import CheckpointError, ConfigError
+from stainldm.models.autoencoder import (
+    ARCHITECTURE_KEYS,
+    ENCODER_PARTS,
+    AutoencoderLoss,
+    downsampling,
+    encode_mean,
+)
+from stainldm.models.runs import (
+    autoencoder_in,
+    build_model,
+    load_autoencoder,
+    load_weights,
+    model_config,
+    save_weights,
+)
 from stainldm.train.config import TrainConfig
 
 
@@ -101,6 +114,29 @@ class AutoencoderKind(TrainKind):
         super().__init__(cfg, **kwargs)
         self.terms: AutoencoderLoss | None = None
         self.recon: torch.Tensor | None = None  # the last reconstruction, for the discriminator
+        self.init_meta: dict[str, Any] | None = None  # model.json entries of ``autoencoder.init``
+
+    def build_model(self) -> nn.Module:
+        """The autoencoder: seeded, or ``autoencoder.init``'s weights; with ``train_encoder`` false the
+        encoder and latent projections are frozen (the optimiser and DDP see only the decoder).
+
+        Raises:
+            CheckpointError: ``init`` holds no autoencoder, or one of another architecture.
+        """
+        model = super().build_model()
+        ae = self.cfg.autoencoder
+        if ae.init:
+            self.init_meta, weights = autoencoder_in(ae.init)
+            differ = [k for k in ARCHITECTURE_KEYS
+                      if to_dict(ae)[k] != to_dict(model_config("autoencoder", self.init_meta["config"]))[k]]
+            if differ:
+                raise CheckpointError(f"{ae.init}: its autoencoder differs in {', '.join(differ)} from "
+                                      f"train.autoencoder; set those keys as `autoencoder.init` has them")
+            load_weights(model, weights)
+        if not ae.train_encoder:
+            for part in ENCODER_PARTS:
+                getattr(model, part).requires_grad_(False)
+        return model
 
     def build_loss(self, device: torch.device) -> _DiscriminatorStep | None:
         self.terms = AutoencoderLoss(self.cfg.autoencoder).to(device)
@@ -125,8 +161,10 @@ class AutoencoderKind(TrainKind):
 
     def meta(self, ema):
         ae = self.cfg.autoencoder
+        # a frozen encoder keeps init's scale exactly: the ldms trained on init divide by it
+        scale = float(self.init_meta["latent_scale"]) if not ae.train_encoder else self.measure_latent_scale(ema)
         return {"config": to_dict(ae), "latent_channels": ae.latent_channels, "downsampling": downsampling(ae),
-                "latent_scale": self.measure_latent_scale(ema)}
+                "latent_scale": scale}
 
     @torch.no_grad()
     def measure_latent_scale(self, ema: nn.Module, tiles: int = 64) -> float:

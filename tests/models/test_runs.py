@@ -251,5 +251,6 @@ def test_load_autoencoder_is_frozen_and_needs_a_latent_scale(tmp_path):
     ae, back = runs.load_autoencoder(folder)
     assert back["latent_scale"] == 2.0 and not ae.training and not any(p.requires_grad for p in ae.parameters())
     _baseline_run(tmp_path / "b")
-    with pytest.raises(CheckpointError, match=r"is a baseline checkpoint, but a autoencoder checkpoint"):
+    with pytest.raises(CheckpointError, match=r"b: is a baseline checkpoint, which holds no autoencoder; pass an "
+                                              r"autoencoder run or an ldm run"):
         runs.load_autoencoder(tmp_path / "b")

@@ -133,7 +133,7 @@ def test_the_ldm_without_an_autoencoder(train_store, tmp_path, capsys):
 
 def test_the_ldm_with_a_baseline_run_as_autoencoder(baseline_run, train_store, tmp_path, capsys):
     assert _train("ldm", "--out", str(tmp_path / "r"), "--autoencoder", str(baseline_run), store=train_store) == 2
-    assert "is a baseline checkpoint, but a autoencoder checkpoint is needed" in _error(capsys)
+    assert "baseline: is a baseline checkpoint, which holds no autoencoder; pass an autoencoder run" in _error(capsys)
 
 
 def test_the_ldm_with_a_corrupt_autoencoder(train_ae_run, train_store, tmp_path, capsys):

@@ -4,8 +4,9 @@
 
 Trains, with the ``train:`` section of configs/ci.yaml in bf16, the three kinds a lab trains under
 torchrun: the autoencoder with its patch discriminator switching on mid-run, the ldm on that
-autoencoder with semantic tokens, condition dropout and gradient accumulation, and the baseline.
-Rank 0 trains into ``BASE/<kind>``, every other rank is told ``BASE/<kind>-rank<r>`` (which must
+autoencoder with semantic tokens, condition dropout and gradient accumulation, the baseline, and the
+autoencoder's decoder fine-tuned with its encoder frozen (``decoder``: parameters DDP must not wait for).
+Rank 0 trains into ``BASE/<name>``, every other rank is told ``BASE/<kind>-rank<r>`` (which must
 never appear: only rank 0 writes). Each rank then dumps everything it holds of each model — weights,
 buffers, EMA, discriminator — to ``OUT/rank<r>-<kind>.safetensors`` for the test to compare.
 """
@@ -30,6 +31,8 @@ KINDS = {
     "ldm": ["steps=3", "checkpoint_every=3", "val_every=3", "optim.accumulate=2", "ldm.condition.semantic=true",
             "ldm.condition.backbone=resnet18", "ldm.condition.token_dim=32", "ldm.condition.dropout=0.1"],
     "baseline": ["steps=3", "checkpoint_every=3", "val_every=3"],
+    "decoder": ["steps=2", "checkpoint_every=2", "val_every=2", "autoencoder.init={base}/autoencoder",
+                "autoencoder.train_encoder=false", "autoencoder.frequency_weight=0.1"],
 }
 
 
@@ -44,9 +47,10 @@ def main(argv: list[str]) -> int:
     store, base, out = (Path(a) for a in argv[:3])
     rank = int(os.environ["RANK"])
     out.mkdir(parents=True, exist_ok=True)
-    for kind, overrides in KINDS.items():
-        cfg = load_train_config(ROOT / "configs" / "ci.yaml", [*COMMON, *overrides])
-        run = base / (kind if rank == 0 else f"{kind}-rank{rank}")
+    for name, overrides in KINDS.items():
+        kind = "autoencoder" if name == "decoder" else name
+        cfg = load_train_config(ROOT / "configs" / "ci.yaml", [*COMMON, *(o.format(base=base) for o in overrides)])
+        run = base / (name if rank == 0 else f"{name}-rank{rank}")
         trainer = Trainer(kind=kind, cfg=cfg, run_dir=run, store=store, device="cpu",
                           autoencoder_run=base / "autoencoder" if kind == "ldm" else None)
         assert trainer.distributed and dist.get_world_size() == int(os.environ["WORLD_SIZE"])
@@ -55,7 +59,7 @@ def main(argv: list[str]) -> int:
         held.update({f"ema.{k}": v for k, v in trainer.ema.state_dict().items()})
         if trainer.d_step is not None:
             held.update({f"discriminator.{k}": v for k, v in trainer.d_step.discriminator.state_dict().items()})
-        save_file({k: v.detach().cpu().contiguous() for k, v in held.items()}, out / f"rank{rank}-{kind}.safetensors")
+        save_file({k: v.detach().cpu().contiguous() for k, v in held.items()}, out / f"rank{rank}-{name}.safetensors")
         torch.distributed.barrier()  # the ldm reads the autoencoder run only once rank 0 has written it
     dist.destroy_process_group()
     return 0

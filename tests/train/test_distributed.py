@@ -2,7 +2,7 @@
 
 One launch trains what a lab trains on GPUs with configs/lab-f4.yaml, in bf16: the autoencoder with
 its discriminator switching on mid-run, the ldm with semantic tokens, condition dropout and gradient
-accumulation, and the baseline (tests/train/_ddp_worker.py).
+accumulation, the baseline, and a decoder-only fine-tuning of the autoencoder (tests/train/_ddp_worker.py).
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from stainldm.models.autoencoder import ENCODER_PARTS
 from stainldm.models.runs import read_model_json
 from stainldm.train import checkpoint as ckpt
 
 WORKER = Path(__file__).with_name("_ddp_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
-STEPS = {"autoencoder": 4, "ldm": 3, "baseline": 3}
+STEPS = {"autoencoder": 4, "ldm": 3, "baseline": 3, "decoder": 2}
 
 
 def test_torchrun_trains_every_kind_with_bit_identical_ranks_and_only_rank_0_writes(train_store, tmp_path):
@@ -33,7 +34,7 @@ def test_torchrun_trains_every_kind_with_bit_identical_ranks_and_only_rank_0_wri
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
 
-    for kind, steps in STEPS.items():
+    for kind, steps in STEPS.items():  # kind: the run's name (decoder is an autoencoder run)
         w0, w1 = (load_file(out / f"rank{r}-{kind}.safetensors") for r in (0, 1))
         assert w0.keys() == w1.keys() and len(w0) > 10
         diverged = [k for k in w0 if not torch.equal(w0[k], w1[k])]
@@ -58,3 +59,7 @@ def test_torchrun_trains_every_kind_with_bit_identical_ranks_and_only_rank_0_wri
     assert any("running_mean" in k for k in w if k.startswith("discriminator."))
     assert any("running_mean" in k for k in load_file(out / "rank0-ldm.safetensors"))
     assert "discriminator" in ckpt.load_state(base / "autoencoder" / "state.pt")
+    # The decoder fine-tuning under DDP left the encoder exactly as the autoencoder run exported it.
+    ae, ft = (load_file(base / name / "model.safetensors") for name in ("autoencoder", "decoder"))
+    assert all(torch.equal(ae[k], ft[k]) for k in ae if k.split(".")[0] in ENCODER_PARTS)
+    assert any(not torch.equal(ae[k], ft[k]) for k in ae if k.startswith("decoder."))

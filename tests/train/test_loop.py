@@ -378,3 +378,11 @@ def test_every_workflow_config_trains_each_kind_one_step(config, train_store, tm
         last = trainer.train()
         assert trainer.step == 1 and math.isfinite(last["loss"]), (config.name, kind, last)
         assert (tmp_path / kind / "model.safetensors").is_file()
+    demo = (yaml.safe_load(config.read_text()) or {}).get("demo") or {}
+    if demo.get("decoder_steps"):  # what `stainldm demo --train` then fine-tunes: the ldm's decoder
+        decoder = [f"autoencoder.init={tmp_path / 'ldm'}", "autoencoder.train_encoder=false", *demo["decoder_set"]]
+        cfg = resolve_config(load_train_config(config, [*one_step, *decoder]), store=train_store, autoencoder_run=None,
+                             wandb=None)
+        last = Trainer(kind="autoencoder", cfg=cfg, run_dir=tmp_path / "decoder", store=train_store,
+                       device="cpu").train()
+        assert math.isfinite(last["loss"]) and (tmp_path / "decoder" / "model.safetensors").is_file()
