@@ -106,8 +106,6 @@ class Setting:
 
 
 ANCHOR = Setting("ddim", 50, 1.0, 0.0)
-_D = StainConfig()
-DEFAULT = Setting(_D.sampler, _D.steps, _D.guidance, _D.eta)  # `stainldm stain` without the model's stain_defaults
 
 # One factor at a time around the stain default (sampler and NFE; guidance; η), and a few combinations.
 QUICK = (
@@ -340,7 +338,7 @@ def main() -> None:
               f"SSIM {b['ssim'][0]:.4f}, {best.evals} network evaluations per tile")
     write_json(BENCH_OUT / "steps.json", {
         "machine": machine_info(), "run": str(args.run), "store": str(args.store), "split": args.split,
-        "tile_indices": idx, "device": str(model.device), "anchor": asdict(ANCHOR), "default": asdict(DEFAULT),
+        "tile_indices": idx, "device": str(model.device), "anchor": asdict(ANCHOR), "default": asdict(current),
         "admissible": {"psnr_min": psnr_floor, "ssim_min": ssim_floor, "spectrum_max": NOISIER},
         "recommendation": asdict(best) if best else None,
         "results": [{**asdict(s), "evals": s.evals, **r} for s, r in results.items()]})

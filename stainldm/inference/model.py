@@ -25,7 +25,7 @@ from stainldm.inference.canvas import WindowCost, axis_window, choose_window, de
 from stainldm.inference.config import StainConfig
 from stainldm.inference.sampling import WindowDenoiser, predict_baseline
 from stainldm.seeds import Stream, derive_seed
-from stainldm.wsi.channels import select_channels
+from stainldm.wsi.channels import missing_channels, select_channels
 from stainldm.wsi.metadata import default_channel_names
 from stainldm.wsi.slide import SlideReader
 
@@ -87,8 +87,7 @@ class StainModel:
         names, have = self.channel_names, tuple(slide.channel_names)
         if not names or have == names or have == default_channel_names(slide.channels):
             return slide
-        lower = [h.lower() for h in have]
-        missing = [n for n in names if n not in have and lower.count(n.lower()) != 1]
+        missing = missing_channels(have, names)
         if missing:
             raise InputError(f"{slide.name}: lacks the channels {', '.join(missing)} that the model was trained on "
                              f"({', '.join(names)}); it has {', '.join(have)}; pass `channels` to say which of its "

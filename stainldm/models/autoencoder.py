@@ -72,6 +72,11 @@ ARCHITECTURE_KEYS = ("channels", "num_res_blocks", "latent_channels", "attention
 ENCODER_PARTS = ("encoder", "quant_conv_mu", "quant_conv_log_sigma")
 
 
+def architecture_diff(a: AutoencoderConfig, b: AutoencoderConfig) -> list[str]:
+    """The :data:`ARCHITECTURE_KEYS` in which ``a`` and ``b`` differ (empty: their weights fit each other)."""
+    return [k for k in ARCHITECTURE_KEYS if getattr(a, k) != getattr(b, k)]
+
+
 def downsampling(cfg: AutoencoderConfig) -> int:
     """Spatial downsampling factor of the latent."""
     return 2 ** (len(cfg.channels) - 1)

@@ -28,7 +28,7 @@ from torch import nn
 
 from stainldm.errors import CheckpointError, ConfigError
 from stainldm.files import atomic_write_bytes
-from stainldm.models.autoencoder import ARCHITECTURE_KEYS, ENCODER_PARTS, AutoencoderConfig, build_autoencoder
+from stainldm.models.autoencoder import ENCODER_PARTS, AutoencoderConfig, architecture_diff, build_autoencoder
 from stainldm.models.baseline import BaselineConfig, BaselineUNet
 from stainldm.models.ldm import LatentDiffusion, LDMConfig
 
@@ -215,9 +215,7 @@ def load_run(path: str | os.PathLike, *, kind: str | None = None, device: torch.
     load_weights(model, folder / "model.safetensors")
     autoencoder = None
     if found == "ldm":  # the autoencoder travels with the ldm, described inside its model.json
-        autoencoder = build_model("autoencoder", model_config("autoencoder", meta["autoencoder"]["config"]))
-        load_weights(autoencoder, folder / "autoencoder.safetensors")
-        autoencoder = autoencoder.eval().to(device)
+        autoencoder = _load_autoencoder(meta["autoencoder"], folder / "autoencoder.safetensors").to(device)
     return Run(found, meta, folder, model.eval().to(device), autoencoder)
 
 
@@ -263,9 +261,14 @@ def load_autoencoder(path: str | os.PathLike, device: torch.device | str = "cpu"
             no latent scale yet (its training never reached a checkpoint's measurement).
     """
     meta, weights = autoencoder_in(path)
+    return _load_autoencoder(meta, weights).to(device).requires_grad_(False), meta
+
+
+def _load_autoencoder(meta: dict[str, Any], weights: Path) -> nn.Module:
+    """The autoencoder ``meta`` (its model.json entries) describes, with ``weights``, in eval mode."""
     ae = build_model("autoencoder", model_config("autoencoder", meta["config"]))
     load_weights(ae, weights)
-    return ae.eval().to(device).requires_grad_(False), meta
+    return ae.eval()
 
 
 def export_run(run: str | os.PathLike, dest: str | os.PathLike, *, autoencoder: str | os.PathLike | None = None
@@ -286,14 +289,11 @@ def export_run(run: str | os.PathLike, dest: str | os.PathLike, *, autoencoder: 
     """
     from safetensors.torch import load, save
 
-    def half(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.half() if v.is_floating_point() and v.dtype == torch.float32 else v for k, v in tensors.items()}
-
     run, dest = Path(run), Path(dest)
     for name in ("model.json", "config.yaml", "metrics.csv"):
         if not (run / name).is_file():
             raise CheckpointError(f"{run / name}: missing; a finished training run has it")
-    files = {name: half(load((run / name).read_bytes()))
+    files = {name: _half(load((run / name).read_bytes()))
              for name in ("model.safetensors", "autoencoder.safetensors") if (run / name).is_file()}
     meta_bytes = (run / "model.json").read_bytes()
     if autoencoder is not None:
@@ -309,6 +309,11 @@ def export_run(run: str | os.PathLike, dest: str | os.PathLike, *, autoencoder: 
         atomic_write_bytes(dest / name, (run / name).read_bytes())
 
 
+def _half(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """float32 tensors in half precision (the shipped form), the rest as they are."""
+    return {k: v.half() if v.is_floating_point() and v.dtype == torch.float32 else v for k, v in tensors.items()}
+
+
 def _same_encoder(run: Path, carried: dict[str, torch.Tensor] | None, carried_meta: dict[str, Any],
                   autoencoder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The half-precision weights and model.json entries of ``autoencoder``, once it is checked to
@@ -318,10 +323,11 @@ def _same_encoder(run: Path, carried: dict[str, torch.Tensor] | None, carried_me
     meta, weights = autoencoder_in(autoencoder)
     if not weights.is_file():
         raise CheckpointError(f"{weights}: weights file not found")
-    new = {k: v.half() if v.is_floating_point() else v for k, v in load(weights.read_bytes()).items()}
+    new = _half(load(weights.read_bytes()))
     encoder = [k for k in (carried or {}) if k.split(".")[0] in ENCODER_PARTS]
+    configs = (model_config("autoencoder", meta["config"]), model_config("autoencoder", carried_meta["config"]))
     same = (carried is not None and all(k in new and torch.equal(new[k], carried[k]) for k in encoder)
-            and all(meta["config"].get(k) == carried_meta["config"].get(k) for k in ARCHITECTURE_KEYS)
+            and not architecture_diff(*configs)
             and float(meta["latent_scale"]) == float(carried_meta["latent_scale"]))
     if not same:
         raise CheckpointError(f"{autoencoder}: its encoder or latent scale differs from the autoencoder {run} carries; "

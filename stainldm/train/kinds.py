@@ -23,9 +23,9 @@ from stainldm.config import to_dict
 from stainldm.data.dataset import BatchPreprocessor, PairedTileDataset
 from stainldm.errors import CheckpointError, ConfigError
 from stainldm.models.autoencoder import (
-    ARCHITECTURE_KEYS,
     ENCODER_PARTS,
     AutoencoderLoss,
+    architecture_diff,
     downsampling,
     encode_mean,
 )
@@ -127,8 +127,7 @@ class AutoencoderKind(TrainKind):
         ae = self.cfg.autoencoder
         if ae.init:
             self.init_meta, weights = autoencoder_in(ae.init)
-            differ = [k for k in ARCHITECTURE_KEYS
-                      if to_dict(ae)[k] != to_dict(model_config("autoencoder", self.init_meta["config"]))[k]]
+            differ = architecture_diff(ae, model_config("autoencoder", self.init_meta["config"]))
             if differ:
                 raise CheckpointError(f"{ae.init}: its autoencoder differs in {', '.join(differ)} from "
                                       f"train.autoencoder; set those keys as `autoencoder.init` has them")

@@ -68,7 +68,7 @@ def resolve_channels(names: Sequence[str], spec: str | Sequence[str | int], *, s
     """
     wanted = parse_channels(spec)
     listing = ", ".join(f"{i}={n}" for i, n in enumerate(names))
-    missing = [w for w in wanted if isinstance(w, str) and _find(names, w) is None]
+    missing = missing_channels(names, [w for w in wanted if isinstance(w, str)])
     if missing:
         raise InputError(f"{slide}: `channels` asks for {', '.join(repr(m) for m in missing)}, which the slide "
                          f"lacks; it has {len(names)} channel{'s' if len(names) != 1 else ''}: {listing}")
@@ -91,6 +91,12 @@ def resolve_channels(names: Sequence[str], spec: str | Sequence[str | int], *, s
                              "list each channel once")
         out.append(index)
     return out
+
+
+def missing_channels(names: Sequence[str], wanted: Sequence[str]) -> list[str]:
+    """The names of ``wanted`` that no channel called ``names`` answers to (exactly, else
+    case-insensitively), in the order of ``wanted``."""
+    return [w for w in wanted if _find(names, w) is None]
 
 
 def _find(names: Sequence[str], name: str) -> list[int] | None:

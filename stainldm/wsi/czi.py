@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from stainldm.errors import SlideFormatError
-from stainldm.wsi.metadata import default_channel_names, mpp_tuple
+from stainldm.wsi.metadata import default_channel_names, indexed_names, mpp_tuple
 from stainldm.wsi.slide import SlideReader
 
 # CZI pixel types -> (numpy dtype, samples per pixel).
@@ -76,10 +76,7 @@ def czi_channel_names(xml: str, channels: int) -> tuple[str, ...] | None:
     found = _image_channels(xml)
     if not found or len(found) != channels:
         return None
-    names = [(el.get("Name") or "").strip() or (el.findtext("Fluor") or "").strip() for el in found]
-    if not any(names):
-        return None
-    return tuple(n or f"C{i}" for i, n in enumerate(names))
+    return indexed_names([(el.get("Name") or "").strip() or (el.findtext("Fluor") or "").strip() for el in found])
 
 
 def czi_fluorescence(xml: str) -> bool | None:

@@ -182,7 +182,12 @@ def ome_channel_names(ome_xml: str, channels: int) -> tuple[str, ...] | None:
     found = [el for el in pixels if _local(el.tag) == "Channel"]
     if len(found) != channels:
         return None
-    names = [(el.get("Name") or "").strip() or (el.get("Fluor") or "").strip() for el in found]
+    return indexed_names([(el.get("Name") or "").strip() or (el.get("Fluor") or "").strip() for el in found])
+
+
+def indexed_names(names: list[str]) -> tuple[str, ...] | None:
+    """Channel names as a file gives them, an unnamed channel called by its index (``C2``); None when
+    the file names none of them (the caller's defaults apply)."""
     if not any(names):
         return None
     return tuple(n or f"C{i}" for i, n in enumerate(names))
