@@ -24,7 +24,11 @@ real tile: a per-pixel rule, so every setting is scored on the same pixels):
 - realism: the sharpness ratio (mean |Laplacian| of grey, virtual ÷ real; goal 1.0, "blurrier than
   real H&E" below 0.8, "noisier" above 1.25) and the radially averaged power spectrum ratio in the
   three bands of :data:`stainldm.eval.realism.BANDS_UM` (tissue structure, nuclei, chromatin), at the
-  model's µm/px.
+  model's µm/px;
+- nuclei, as the evaluation finds them in the haematoxylin density (``nuclei_agreement``,
+  ``nuclei_morphology``): detection F1 per tile, and the W₁ distances of nucleus area and
+  eccentricity between the virtual and the real nuclei of all the tiles pooled (a 128 µm tile holds
+  too few nuclei for a distribution of its own).
 
 Each column is the mean over tiles (the tile is the unit of resampling, as the core is in the
 evaluation; the tiles of one core are not independent, so the CIs are somewhat narrow). Cost: network
@@ -34,13 +38,15 @@ wall seconds per tile.
 Recommendation. A setting is *admissible* when (1) its mean PSNR and its mean SSIM are both at least
 the lower bound of the anchor's 95 % bootstrap CI (percentile, 2000 resamples of the tiles,
 :func:`stainldm.eval.stats.bootstrap_ci`) — the test the issue applies to the LDM against the U-Net
-("its PSNR/SSIM stay inside the U-Net's 95 % CI") — and (2) none of its three mean spectrum ratios is
-above 1.25, the "noisier than real H&E" threshold: strong guidance can exaggerate contrast at the
-tissue scale well before nuclei are as sharp as real ones, and that is not realism.
-Among admissible settings, those whose sharpness ratio ``s`` is closest to 1 on a log scale (``|ln s|``,
-so 0.8 and 1.25 are equally far) — the closest and any within 0.05 of it, about the half-width of the
-sharpness CI on 32 tiles — are equally good, and the one with the fewest network evaluations among them
-is recommended (then the closer to 1). The last lines print it beside the model's current stain
+("its PSNR/SSIM stay inside the U-Net's 95 % CI") —, (2) its mean nuclei F1 is at least the lower
+bound of the anchor's, so that a sharper look is not bought with nuclei that are not there, and (3)
+none of its three mean spectrum ratios is above 1.25, the "noisier than real H&E" threshold: strong
+guidance can exaggerate contrast at the tissue scale well before nuclei are as sharp as real ones,
+and that is not realism. Among admissible settings, those whose sharpness ratio ``s`` is closest to 1
+on a log scale (``|ln s|``, so 0.8 and 1.25 are equally far) — the closest and any within 0.05 of it,
+about the half-width of the sharpness CI on 32 tiles — are equally good, and the one with the fewest
+network evaluations among them is recommended (then the one whose nuclei area W₁ is smallest, then
+the closer to 1). The last lines print it beside the model's current stain
 defaults (its model.json ``stain_defaults``, else :class:`StainConfig`'s: dpmpp_2m, 10 NFE, guidance 1,
 η 0) and the earlier goal (DPM-Solver++(2M) at 10 NFE within 1 % SSIM of the anchor).
 ``--write-defaults`` records the recommendation as the run's ``stain_defaults``, which ``stainldm
@@ -70,8 +76,15 @@ from _util import BENCH_OUT, machine_info, table, write_json  # noqa: E402
 from stainldm.data.store import TileStore  # noqa: E402
 from stainldm.device import resolve_device  # noqa: E402
 from stainldm.errors import InputError, StainLDMError  # noqa: E402
-from stainldm.eval.metrics import masked_psnr, masked_ssim  # noqa: E402
-from stainldm.eval.realism import BANDS_UM, sharpness_ratio, spectrum_ratios  # noqa: E402
+from stainldm.eval.metrics import hed_densities, masked_psnr, masked_ssim, nuclei_agreement  # noqa: E402
+from stainldm.eval.realism import (  # noqa: E402
+    BANDS_UM,
+    MORPHOLOGY,
+    morphology_w1,
+    nuclei_morphology,
+    sharpness_ratio,
+    spectrum_ratios,
+)
 from stainldm.eval.stats import bootstrap_ci  # noqa: E402
 from stainldm.inference.config import StainConfig, check_stain_config  # noqa: E402
 from stainldm.inference.model import StainModel  # noqa: E402
@@ -80,7 +93,8 @@ from stainldm.train.validation import to_uint8  # noqa: E402
 from stainldm.wsi.tissue import he_fixed_threshold_mask  # noqa: E402
 
 BANDS = [name for name, _, _ in BANDS_UM]
-METRICS = ("psnr", "ssim", "sharpness", *(f"spectrum_{b}" for b in BANDS))
+METRICS = ("psnr", "ssim", "sharpness", *(f"spectrum_{b}" for b in BANDS), "nuclei_f1")
+SHAPES = ("area", "eccentricity")  # the pooled nuclei W₁ the table shows (of MORPHOLOGY)
 NOISIER = 1.25  # a ratio above this is "noisier than real H&E" (issue 14's verdict threshold)
 FLAGS = {"steps": "--nfe", "eta": "--eta", "sampler": "--sampler", "batch_size": "--batch", "tiles": "--tiles",
          "precision": "--precision", "device": "--device"}  # library parameters -> this script's flags
@@ -176,17 +190,40 @@ def stain_tiles(model: StainModel, xs: list[torch.Tensor], s: Setting, *, seeds:
     return preds, time.perf_counter() - t0, time.process_time() - c0
 
 
-def score(preds: list[np.ndarray], reals: list[np.ndarray], masks: list[np.ndarray], *, mpp: float
-          ) -> dict[str, list[float]]:
-    """Per-tile values of :data:`METRICS` (NaN where a tile has too little tissue)."""
+@dataclass
+class RealNuclei:
+    """What the real tiles' nuclei are, measured once for every setting."""
+
+    hed: list[np.ndarray]  # colour-deconvolution densities per tile
+    morphology: dict[str, np.ndarray]  # every nucleus of every tile, pooled (``nuclei_morphology``)
+
+    @classmethod
+    def of(cls, reals: list[np.ndarray], masks: list[np.ndarray], *, mpp: float) -> RealNuclei:
+        hed = [hed_densities(r) for r in reals]
+        return cls(hed, pooled_morphology(hed, masks, mpp=mpp))
+
+
+def pooled_morphology(hed: list[np.ndarray], masks: list[np.ndarray], *, mpp: float) -> dict[str, np.ndarray]:
+    """``nuclei_morphology`` of every tile, concatenated per feature."""
+    per_tile = [nuclei_morphology(h, m, mpp=mpp) for h, m in zip(hed, masks, strict=True)]
+    return {k: np.concatenate([t[k] for t in per_tile]) for k in MORPHOLOGY}
+
+
+def score(preds: list[np.ndarray], reals: list[np.ndarray], masks: list[np.ndarray], *, mpp: float,
+          real_nuclei: RealNuclei) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Per-tile values of :data:`METRICS` (NaN where a tile has too little tissue), and the W₁
+    distances of the pooled nuclei shapes (``{feature: W₁}``, NaN with too few nuclei)."""
     out: dict[str, list[float]] = {m: [] for m in METRICS}
-    for p, r, m in zip(preds, reals, masks, strict=True):
+    hed_preds = [hed_densities(p) for p in preds]
+    for p, r, m, hp, hr in zip(preds, reals, masks, hed_preds, real_nuclei.hed, strict=True):
         out["psnr"].append(masked_psnr(p, r, m))
         out["ssim"].append(masked_ssim(p, r, m))
         out["sharpness"].append(sharpness_ratio(p, r, m))
         for band, v in spectrum_ratios(p, r, m, mpp=mpp).items():
             out[f"spectrum_{band}"].append(v)
-    return out
+        out["nuclei_f1"].append(nuclei_agreement(hp, hr, m, mpp=mpp)["nuclei_f1"])
+    w1 = morphology_w1(pooled_morphology(hed_preds, masks, mpp=mpp), real_nuclei.morphology)
+    return out, w1
 
 
 def summarise(values: dict[str, list[float]], *, seed: int) -> dict[str, tuple[float, float, float, int]]:
@@ -194,18 +231,30 @@ def summarise(values: dict[str, list[float]], *, seed: int) -> dict[str, tuple[f
     return {m: bootstrap_ci(v, seed=seed) for m, v in values.items()}
 
 
-def floors(results: dict[Setting, dict], anchor: Setting) -> tuple[float, float]:
-    """The PSNR and SSIM floors: the lower bounds of the anchor's 95 % CIs."""
+@dataclass(frozen=True)
+class Floors:
+    """The lower bounds of the anchor's 95 % CIs that an admissible setting's means must reach."""
+
+    psnr: float
+    ssim: float
+    nuclei_f1: float
+
+
+def floors(results: dict[Setting, dict], anchor: Setting) -> Floors:
+    """The PSNR, SSIM and nuclei F1 floors: the lower bounds of the anchor's 95 % CIs."""
     a = results[anchor]["summary"]
-    return a["psnr"][1], a["ssim"][1]
+    return Floors(a["psnr"][1], a["ssim"][1], a["nuclei_f1"][1])
 
 
-def inadmissible(summary: dict, *, psnr_floor: float, ssim_floor: float) -> str:
-    """Why a setting is not admissible (see the module docstring), or ``""`` when it is."""
-    if not summary["psnr"][0] >= psnr_floor:
+def inadmissible(summary: dict, floor: Floors) -> str:
+    """Why a setting is not admissible (see the module docstring), or ``""`` when it is. A floor
+    that is NaN (the anchor found no nuclei) is not applied."""
+    if not summary["psnr"][0] >= floor.psnr:
         return "PSNR"
-    if not summary["ssim"][0] >= ssim_floor:
+    if not summary["ssim"][0] >= floor.ssim:
         return "SSIM"
+    if math.isfinite(floor.nuclei_f1) and not summary["nuclei_f1"][0] >= floor.nuclei_f1:
+        return "nuclei F1"
     over = [b for b in BANDS if summary[f"spectrum_{b}"][0] > NOISIER]
     if over:
         return f"spec {over[0]} > {NOISIER:g}"
@@ -217,17 +266,21 @@ def inadmissible(summary: dict, *, psnr_floor: float, ssim_floor: float) -> str:
 def recommend(results: dict[Setting, dict], anchor: Setting) -> Setting | None:
     """The admissible setting with the sharpness ratio closest to 1 (see the module docstring), None
     when no setting is admissible."""
-    psnr_floor, ssim_floor = floors(results, anchor)
+    floor = floors(results, anchor)
 
     def distance(s: Setting) -> float:  # |ln s|: 0.8 and 1.25 equally far from 1
         return abs(math.log(results[s]["summary"]["sharpness"][0]))
 
-    ok = [s for s, r in results.items() if not inadmissible(r["summary"], psnr_floor=psnr_floor, ssim_floor=ssim_floor)]
+    def area_w1(s: Setting) -> float:  # NaN (too few nuclei) ranks last
+        w = results[s]["nuclei_w1"]["area"]
+        return w if math.isfinite(w) else math.inf
+
+    ok = [s for s, r in results.items() if not inadmissible(r["summary"], floor)]
     if not ok:
         return None
     best = min(distance(s) for s in ok)
     near = [s for s in ok if distance(s) <= best + SHARPNESS_TIE]
-    return min(near, key=lambda s: (s.evals, distance(s)))
+    return min(near, key=lambda s: (s.evals, area_w1(s), distance(s)))
 
 
 def _ci(t: tuple[float, float, float, int], digits: int) -> str:
@@ -235,16 +288,17 @@ def _ci(t: tuple[float, float, float, int], digits: int) -> str:
     return "n/a" if not math.isfinite(mean) else f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
-def report_rows(results: dict[Setting, dict], anchor: Setting, psnr_floor: float, ssim_floor: float) -> list[list]:
+def report_rows(results: dict[Setting, dict], anchor: Setting, floor: Floors) -> list[list]:
     a = results[anchor]["summary"]
     rows = []
     for s, r in results.items():
         m = r["summary"]
-        why = inadmissible(m, psnr_floor=psnr_floor, ssim_floor=ssim_floor)
+        why = inadmissible(m, floor)
         rows.append([s.sampler, s.nfe, f"{s.guidance:g}", f"{s.eta:g}", s.evals, f"{m['psnr'][0]:.2f}",
                      f"{m['ssim'][0]:.4f}", f"{m['psnr'][0] - a['psnr'][0]:+.2f}", f"{m['ssim'][0] / a['ssim'][0]:.3f}",
                      f"no: {why}" if why else "yes", _ci(m["sharpness"], 2),
-                     *(f"{m[f'spectrum_{b}'][0]:.2f}" for b in BANDS), f"{r['wall_s'] / r['tiles']:.3f}"])
+                     *(f"{m[f'spectrum_{b}'][0]:.2f}" for b in BANDS), _ci(m["nuclei_f1"], 3),
+                     *(f"{r['nuclei_w1'][k]:.3g}" for k in SHAPES), f"{r['wall_s'] / r['tiles']:.3f}"])
     return rows
 
 
@@ -288,15 +342,16 @@ def main() -> None:
         print(f"{len(xs)} {args.split} tiles of {args.store} ({model.tile_px} px at {model.mpp:g} µm/px), "
               f"model {args.run}, {len(settings)} settings on {model.device}, torch threads {torch.get_num_threads()}",
               flush=True)
+        real_nuclei = RealNuclei.of(reals, masks, mpp=model.mpp)
         results: dict[Setting, dict] = {}
         for s in settings:
             preds, wall, cpu = stain_tiles(model, xs, s, seeds=seeds, batch=batch)
-            values = score(preds, reals, masks, mpp=model.mpp)
+            values, w1 = score(preds, reals, masks, mpp=model.mpp, real_nuclei=real_nuclei)
             results[s] = {"tiles": len(xs), "wall_s": wall, "cpu_s": cpu, "values": values,
-                          "summary": summarise(values, seed=args.seed)}
+                          "summary": summarise(values, seed=args.seed), "nuclei_w1": w1}
             m = results[s]["summary"]
             print(f"  {s.label():28s} PSNR {m['psnr'][0]:6.2f}  SSIM {m['ssim'][0]:.4f}  "
-                  f"sharpness {m['sharpness'][0]:.2f}  {wall:6.1f} s", flush=True)
+                  f"sharpness {m['sharpness'][0]:.2f}  nuclei F1 {m['nuclei_f1'][0]:.3f}  {wall:6.1f} s", flush=True)
     except StainLDMError as exc:
         msg = str(exc)
         for param, flag in FLAGS.items():
@@ -304,17 +359,20 @@ def main() -> None:
         raise SystemExit(f"error: {msg}") from exc
 
     best = recommend(results, ANCHOR)
-    psnr_floor, ssim_floor = floors(results, ANCHOR)
+    floor = floors(results, ANCHOR)
     bands = [f"spec {b}" for b in BANDS]
     print()
     print(table(["sampler", "NFE", "w", "η", "evals", "PSNR dB", "SSIM", "ΔPSNR", "SSIM/anchor", "admissible",
-                 "sharpness [95% CI]", *bands, "s/tile"], report_rows(results, ANCHOR, psnr_floor, ssim_floor)))
+                 "sharpness [95% CI]", *bands, "nuclei F1 [95% CI]", *(f"{k} W₁" for k in SHAPES), "s/tile"],
+                report_rows(results, ANCHOR, floor)))
     print("spec: power spectrum ratio, virtual ÷ real, in the bands "
-          + ", ".join(f"{b} {lo:g}–{hi:g} µm" for b, lo, hi in BANDS_UM) + "; evals: network evaluations per tile")
+          + ", ".join(f"{b} {lo:g}–{hi:g} µm" for b, lo, hi in BANDS_UM) + "; evals: network evaluations per tile; "
+          "area (µm²) and eccentricity W₁: nuclei of all tiles pooled, virtual vs real")
     a = results[ANCHOR]["summary"]
-    print(f"\nanchor {ANCHOR.label()}: PSNR {_ci(a['psnr'], 2)} dB, SSIM {_ci(a['ssim'], 4)} (mean [95% CI] over "
-          f"{len(xs)} tiles); admissible: mean PSNR ≥ {psnr_floor:.2f} dB, mean SSIM ≥ {ssim_floor:.4f} "
-          f"and no spectrum band ratio above {NOISIER:g}")
+    print(f"\nanchor {ANCHOR.label()}: PSNR {_ci(a['psnr'], 2)} dB, SSIM {_ci(a['ssim'], 4)}, nuclei F1 "
+          f"{_ci(a['nuclei_f1'], 3)} (mean [95% CI] over {len(xs)} tiles); admissible: mean PSNR ≥ {floor.psnr:.2f} dB, "
+          f"mean SSIM ≥ {floor.ssim:.4f}, mean nuclei F1 ≥ {floor.nuclei_f1:.3f} and no spectrum band ratio "
+          f"above {NOISIER:g}")
     fast = results.get(Setting("dpmpp_2m", 10, 1.0, 0.0))
     if fast:
         rel = fast["summary"]["ssim"][0] / a["ssim"][0] - 1
@@ -335,11 +393,13 @@ def main() -> None:
         same = " (the current default)" if best == current else ""
         print(f"recommendation: {best.sampler}, {best.nfe} NFE, guidance {best.guidance:g}, η {best.eta:g}{same} — "
               f"sharpness {b['sharpness'][0]:.2f} ({goal} the 0.85–1.2 goal), PSNR {b['psnr'][0]:.2f} dB, "
-              f"SSIM {b['ssim'][0]:.4f}, {best.evals} network evaluations per tile")
+              f"SSIM {b['ssim'][0]:.4f}, nuclei F1 {b['nuclei_f1'][0]:.3f}, nuclei area W₁ "
+              f"{results[best]['nuclei_w1']['area']:.3g} µm², {best.evals} network evaluations per tile")
     write_json(BENCH_OUT / "steps.json", {
         "machine": machine_info(), "run": str(args.run), "store": str(args.store), "split": args.split,
         "tile_indices": idx, "device": str(model.device), "anchor": asdict(ANCHOR), "default": asdict(current),
-        "admissible": {"psnr_min": psnr_floor, "ssim_min": ssim_floor, "spectrum_max": NOISIER},
+        "admissible": {"psnr_min": floor.psnr, "ssim_min": floor.ssim, "nuclei_f1_min": floor.nuclei_f1,
+                       "spectrum_max": NOISIER},
         "recommendation": asdict(best) if best else None,
         "results": [{**asdict(s), "evals": s.evals, **r} for s, r in results.items()]})
     if args.write_defaults and best is not None:
