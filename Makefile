@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export WANDB_MODE ?= offline
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: test test-slow demo lint bench bench-gpu clean browser
+.PHONY: test test-slow demo lint bench bench-gpu clean browser valis-env
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,5 +55,21 @@ bench: $(VENV)/.stamp-bench
 bench-gpu: $(STAMP)
 	$(BIN)/python benchmarks/gpu.py
 
+# VALIS (valis-wsi), the registration benchmark's outside reference, in its own venv: valis-wsi 1.2
+# needs numpy<2 (ours is 2), OpenCV-contrib 4.9.0.80, torch + torchvision (the tested pair of
+# $(CONSTRAINTS): PyPI's torchvision does not import beside a CPU-only torch) and libvips (the
+# pyvips-binary wheel). Its JVM part (Bio-Formats) is never started: benchmarks/_valis_register.py
+# reads the TIFFs through libvips. 6.5 GB, about 3.5 minutes from this machine's local wheels.
+VALIS_VENV := .venv-valis
+VALIS_PINS := valis-wsi==1.2.0 numpy==1.26.4 pyvips==3.2.0 pyvips-binary==8.18.7
+
+$(VALIS_VENV)/.stamp: $(CONSTRAINTS)
+	test -x $(VALIS_VENV)/bin/python || $(PYTHON) -m venv $(VALIS_VENV)
+	$(VALIS_VENV)/bin/python -m pip install --quiet -c $(CONSTRAINTS) $(VALIS_PINS)
+	$(VALIS_VENV)/bin/python benchmarks/_valis_register.py --check
+	touch $@
+
+valis-env: $(VALIS_VENV)/.stamp
+
 clean:
-	rm -rf $(VENV) demo-out bench-out .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VALIS_VENV) demo-out bench-out .pytest_cache .ruff_cache

@@ -16,8 +16,10 @@ deformable=False)`` (the three stages as they were), and the default. For each: 
 the stained slide, over all truth landmarks) median / p95 / max after every stage (coarse, core,
 tiles, deform, final), flagged cores and wall seconds of ``register_pair``. Goals: realistic and
 20 px pairs median ≤ 0.5 px and p95 ≤ 1.5 px; 3 px pairs no worse than the anchor; an aligned pair
-within 0.5 px. ``--valis`` adds VALIS (``valis-wsi``) on the same pairs when it is importable.
-Results: ``bench-out/register.json``.
+within 0.5 px. ``--valis`` adds VALIS (``valis-wsi``) on the same written pairs, run by
+``_valis_register.py`` in its own environment (``make valis-env``: VALIS needs numpy<2), its warped
+landmarks scored here like ours; its seconds are VALIS's own (register + micro-register + warp).
+Results: ``bench-out/register.json`` (VALIS's logs: ``bench-out/register-valis/KIND/valis.log``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +37,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import BENCH_OUT
+from _valis_register import read_result, write_points
+
+VALIS_SCRIPT = Path(__file__).resolve().parent / "_valis_register.py"
+VALIS_PYTHON = Path(__file__).resolve().parents[1] / ".venv-valis" / "bin" / "python"
 
 KINDS = {
     "plain3": (),
@@ -44,7 +51,7 @@ KINDS = {
                 "misregistration.elastic_max_px=0"),
 }
 PAINTED = {"real3": "plain3", "real20": "plain20", "aligned": "aligned"}  # kinds that get painted blobs
-STAGE_NAMES = ("coarse", "core", "tiles", "deform", "final")
+STAGE_NAMES = ("coarse", "core", "tiles", "deform", "rigid", "non_rigid", "final")  # ours, then VALIS's
 
 
 def make_pair(out: Path, kind: str) -> tuple[Path, bool]:
@@ -115,30 +122,51 @@ def run_stainldm(u, s, truth, regions, cfg) -> dict:
             "tre": {k: _stats(v) for k, v in errors.items()}}
 
 
-def run_valis(folder: Path, truth: dict, regions) -> dict | None:
-    """VALIS (non-rigid, whole slide) on the same pair, TRE on the same landmarks; None when absent."""
-    try:
-        from valis import registration as valis_registration
-    except ImportError:
+class ValisUnavailable(Exception):
+    """VALIS's environment is not there; the message is one line saying how to make it."""
+
+
+def run_valis(folder: Path, truth: dict, regions, *, python: Path, work: Path) -> dict:
+    """VALIS on the pair's slide files in its own environment, TRE on the same landmarks as ours.
+
+    ``_valis_register.py`` runs under ``python`` (``.venv-valis``: VALIS needs numpy<2), warps the
+    landmarks' unstained side into the stained slide, and the returned points are scored against
+    the stained side, as ``registration_errors`` scores ours.
+
+    Raises:
+        ValisUnavailable: ``python`` does not exist (the message says how to make it).
+        RuntimeError: VALIS failed; the message has its last line and names the log.
+    """
+    if missing := valis_missing(python):
+        raise ValisUnavailable(missing)
+    pts = np.concatenate([np.asarray(truth["landmarks"][k], dtype=np.float64) for k in regions])  # (N, 4)
+    work.mkdir(parents=True, exist_ok=True)
+    write_points(work / "points.json", pts[:, :2].tolist())
+    log = work / "valis.log"
+    t0 = time.perf_counter()
+    with log.open("w") as f:
+        rc = subprocess.run([str(python), str(VALIS_SCRIPT), str(folder / "unstained.tiff"), str(folder / "stained.tiff"),
+                             str(work / "points.json"), str(work / "out")], stdout=f, stderr=subprocess.STDOUT).returncode
+    wall = time.perf_counter() - t0
+    if rc != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+        raise RuntimeError(f"VALIS failed on {folder.name} (exit {rc}): {tail[0]} (log: {log})")
+    result = read_result(work / "out")
+    shutil.rmtree(work / "out", ignore_errors=True)  # VALIS's thumbnails and pickled registrar: ~0.4 GB a pair
+    warped = np.asarray(result["xy_stained"], dtype=np.float64)
+    if warped.shape != pts[:, :2].shape:
+        raise RuntimeError(f"VALIS returned {warped.shape} points for {pts[:, :2].shape} landmarks on {folder.name}")
+    tre = {k: _stats(np.hypot(*(np.asarray(v) - pts[:, 2:4]).T)) for k, v in result.get("stages", {}).items()}
+    tre["final"] = _stats(np.hypot(*(warped - pts[:, 2:4]).T))
+    return {"seconds": result["seconds"]["total"], "process_seconds": wall, "valis_seconds": result["seconds"],
+            "config": result["config"], "tre": tre}
+
+
+def valis_missing(python: Path) -> str | None:
+    """One line saying how to make the VALIS environment when ``python`` is absent, else None."""
+    if python.is_file():
         return None
-    src = Path(tempfile.mkdtemp(prefix="valis-"))
-    try:
-        shutil.copy(folder / "unstained.tiff", src / "unstained.tiff")
-        shutil.copy(folder / "stained.tiff", src / "stained.tiff")
-        t0 = time.perf_counter()
-        reg = valis_registration.Valis(str(src), str(src / "out"), reference_img_f="unstained.tiff",
-                                       align_to_reference=True)
-        _, _, _ = reg.register()
-        seconds = time.perf_counter() - t0
-        moving = reg.get_slide("stained.tiff")
-        pts = np.concatenate([np.asarray(truth["landmarks"][k]) for k in regions])
-        # VALIS warps points from a slide into the reference; ours are unstained -> stained, so the
-        # landmarks' stained side is warped onto the unstained one and compared there
-        warped = moving.warp_xy_from_to(pts[:, 2:4], reg.get_slide("unstained.tiff"))
-        valis_registration.kill_jvm()
-        return {"seconds": seconds, "tre": {"final": _stats(np.hypot(*(warped - pts[:, :2]).T))}}
-    finally:
-        shutil.rmtree(src, ignore_errors=True)
+    return f"VALIS environment not found ({python}): make valis-env (or --valis-python PATH)"
 
 
 def _stats(e: np.ndarray) -> dict:
@@ -151,15 +179,19 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
     p.add_argument("--cores", type=int, default=None, help="register only the first N truth cores of each pair")
-    p.add_argument("--valis", action="store_true", help="also run VALIS (valis-wsi) when it is installed")
+    p.add_argument("--valis", action="store_true", help="also run VALIS (valis-wsi) in .venv-valis (make valis-env)")
+    p.add_argument("--valis-python", type=Path, default=VALIS_PYTHON,
+                   help="the Python of VALIS's environment (default: .venv-valis/bin/python)")
     p.add_argument("--samples", type=Path, default=None,
                    help="a folder of ready pairs named like the kinds (e.g. /tmp/realism-samples/real3); used when present")
     p.add_argument("--tmp", type=Path, default=None, help="folder for the sample pairs (default: a temp folder)")
     args = p.parse_args()
+    if args.valis and (missing := valis_missing(args.valis_python)):
+        print(missing, file=sys.stderr)
+        return 2
     methods = {"anchor": RegisterConfig(stage_checks=False, deformable=False), "stainldm": RegisterConfig()}
     tmp = Path(tempfile.mkdtemp(prefix="bench-register-", dir=args.tmp))
     results: dict = {}
-    valis_missing = False
     try:
         for kind in args.kinds:
             ready = args.samples / kind if args.samples else None
@@ -171,17 +203,18 @@ def main() -> int:
             regions = regions_of(truth, args.cores)
             label = kind + (" (painted blobs)" if paint else "")
             results[label] = {name: run_stainldm(u, s, truth, regions, cfg) for name, cfg in methods.items()}
-            if args.valis:
-                v = run_valis(folder, truth, regions) if not paint else None
-                valis_missing = valis_missing or v is None
-                if v is not None:
-                    results[label]["valis"] = v
+            if args.valis and paint:  # the blobs live in memory only; VALIS reads files
+                results[label]["valis"] = {"error": "not run: VALIS reads the slide files, without the painted blobs"}
+            elif args.valis:
+                try:  # its log stays in bench-out/register-valis/KIND/
+                    results[label]["valis"] = run_valis(folder, truth, regions, python=args.valis_python,
+                                                        work=BENCH_OUT / "register-valis" / kind)
+                except RuntimeError as e:
+                    results[label]["valis"] = {"error": str(e)}
             _print_kind(label, results[label])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if args.valis and valis_missing:
-        print("VALIS not installed: pip install valis-wsi (needs libvips)" if not _has_valis() else
-              "VALIS runs only on the written pairs (not on painted ones)")
+    _print_summary(results)
     times = [(r["stainldm"]["seconds"], r["anchor"]["seconds"]) for r in results.values()]
     ratio = sum(t[0] for t in times) / max(sum(t[1] for t in times), 1e-9)
     print(f"\nregister_pair wall time, new / anchor: {ratio:.2f}x")
@@ -190,18 +223,28 @@ def main() -> int:
     return 0
 
 
-def _has_valis() -> bool:
-    try:
-        import valis  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def _print_summary(results: dict) -> None:
+    """Final TRE per pair kind and method, side by side (level-0 stained px) and wall seconds."""
+    print(f"\n{'pair':22s} {'method':9s} {'median':>7s} {'p95':>7s} {'max':>8s} {'wall s':>7s}")
+    for label, res in results.items():
+        for name, r in res.items():
+            if "error" in r:
+                print(f"{label:22s} {name:9s} {r['error']}")
+                continue
+            rows = [(name, r["tre"]["final"], r["seconds"])]
+            if "non_rigid" in r["tre"]:  # VALIS: register() alone (rigid + non-rigid), then + register_micro()
+                rows = [(name, r["tre"]["non_rigid"], r["valis_seconds"]["register"]), (f"{name}+mic", *rows[0][1:])]
+            for method, t, seconds in rows:
+                print(f"{label:22s} {method:9s} {t['median']:7.3f} {t['p95']:7.3f} {t['max']:8.3f} {seconds:7.1f}")
 
 
 def _print_kind(label: str, res: dict) -> None:
     print(f"\n{label}")
     print(f"  {'method':9s} {'stage':7s} {'median':>7s} {'p95':>7s} {'max':>7s}")
     for name, r in res.items():
+        if "error" in r:
+            print(f"  {name:9s} {r['error']}")
+            continue
         for stage in STAGE_NAMES:
             if stage in r["tre"]:
                 t = r["tre"][stage]
