@@ -39,7 +39,7 @@ RESULT_NAME = "result.json"
 
 def write_points(path: Path, xy_unstained: list[list[float]]) -> None:
     """Writes the points VALIS is asked to warp (level-0 unstained px, ``[[x, y], ...]``)."""
-    path.write_text(json.dumps({"xy_unstained": [[float(x), float(y)] for x, y in xy_unstained]}))
+    path.write_text(json.dumps({"xy_unstained": _floats(xy_unstained)}))
 
 
 def read_points(path: Path) -> list[list[float]]:
@@ -47,7 +47,7 @@ def read_points(path: Path) -> list[list[float]]:
     xy = json.loads(Path(path).read_text()).get("xy_unstained")
     if not isinstance(xy, list) or not all(isinstance(p, list) and len(p) == 2 for p in xy):
         raise ValueError(f"{path}: 'xy_unstained' must be a list of [x, y] pairs")
-    return [[float(x), float(y)] for x, y in xy]
+    return _floats(xy)
 
 
 def write_result(out: Path, xy_stained: list[list[float]], *, seconds: dict, config: dict,

@@ -156,8 +156,8 @@ def run_valis(folder: Path, truth: dict, regions, *, python: Path, work: Path) -
     warped = np.asarray(result["xy_stained"], dtype=np.float64)
     if warped.shape != pts[:, :2].shape:
         raise RuntimeError(f"VALIS returned {warped.shape} points for {pts[:, :2].shape} landmarks on {folder.name}")
-    tre = {k: _stats(np.hypot(*(np.asarray(v) - pts[:, 2:4]).T)) for k, v in result.get("stages", {}).items()}
-    tre["final"] = _stats(np.hypot(*(warped - pts[:, 2:4]).T))
+    tre = {k: _stats(np.hypot(*(np.asarray(v, dtype=np.float64) - pts[:, 2:4]).T))
+           for k, v in {**result.get("stages", {}), "final": warped}.items()}
     return {"seconds": result["seconds"]["total"], "process_seconds": wall, "valis_seconds": result["seconds"],
             "config": result["config"], "tre": tre}
 
