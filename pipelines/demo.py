@@ -136,13 +136,12 @@ def run(args: argparse.Namespace) -> int:
         for line in prepare_pair(store, pair, load_prepare_config(args.config)):
             print(line)
     if models is None:
-        models = {kind: runs / kind for kind in STAIN_KINDS}
-        for kind in ("autoencoder", "ldm", "baseline", "decoder")[: 4 if steps.decoder_steps else 3]:
-            with stage(f"train {kind}"):
-                _train(kind, runs, store, getattr(steps, f"{kind}_steps"), args, steps.decoder_set)
-        if steps.decoder_steps:  # the ldm carrying the fine-tuned decoder: what is stained and exported
-            models["ldm"] = runs / "ldm-decoder"
-            export_run(runs / "ldm", models["ldm"], autoencoder=runs / "decoder")
+        kinds = ("autoencoder", "ldm", "baseline", "decoder")[: 4 if steps.decoder_steps else 3]
+        trained = {kind for kind in kinds if _train(kind, runs, store, steps, args, stage)}
+        # the ldm with the fine-tuned decoder; made anew only when they changed: it keeps steps.py's stain_defaults
+        if steps.decoder_steps and (trained & {"ldm", "decoder"} or not (runs / "ldm-decoder/model.json").is_file()):
+            export_run(runs / "ldm", runs / "ldm-decoder", autoencoder=runs / "decoder")
+        models = {"ldm": runs / ("ldm-decoder" if steps.decoder_steps else "ldm"), "baseline": runs / "baseline"}
     device = resolve_device(args.device, env=os.environ, cuda_count=torch.cuda.device_count())
     for kind in STAIN_KINDS:
         with stage(f"stain {kind}"):
@@ -175,25 +174,27 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(kind: str, runs: Path, store: Path, steps: int, args: argparse.Namespace, decoder_set=()) -> None:
-    """Trains (or resumes, or skips) ``runs/<kind>``; ``decoder``: runs/ldm's autoencoder, encoder frozen."""
+def _train(kind: str, runs: Path, store: Path, steps: DemoSteps, args: argparse.Namespace, stage) -> bool:
+    """Trains, resumes or skips (returns False) ``runs/<kind>``; ``decoder``: runs/ldm's autoencoder's."""
     from stainldm.train.config import load_run_config, load_train_config, resolve_config
     from stainldm.train.loop import Trainer
 
-    run_dir, meta = runs / kind, runs / kind / "model.json"
+    run_dir, meta, n = runs / kind, runs / kind / "model.json", getattr(steps, f"{kind}_steps")
     resume = (run_dir / "state.pt").is_file()
     if resume:
-        if (done := json.loads(meta.read_text()).get("step", 0) if meta.is_file() else 0) >= steps:
+        if (done := json.loads(meta.read_text()).get("step", 0) if meta.is_file() else 0) >= n:
             print(f"== train {kind}: done ({done} steps)")
-            return
-        cfg = load_run_config(run_dir, [f"steps={steps}"])
+            return False
+        cfg = load_run_config(run_dir, [f"steps={n}"])
     else:
-        extra = [f"autoencoder.init={runs / 'ldm'}", "autoencoder.train_encoder=false", *decoder_set]
-        cfg = load_train_config(args.config, [f"steps={steps}", *(extra if kind == "decoder" else [])])
+        extra = [f"autoencoder.init={runs / 'ldm'}", "autoencoder.train_encoder=false", *steps.decoder_set]
+        cfg = load_train_config(args.config, [f"steps={n}", *(extra if kind == "decoder" else [])])
         cfg = resolve_config(cfg, store=store, autoencoder_run=runs / "autoencoder" if kind == "ldm" else None,
                              wandb=None)
     ae = Path(cfg.autoencoder_run) if cfg.autoencoder_run else None
-    trainer = Trainer(kind="autoencoder" if kind == "decoder" else kind, cfg=cfg, run_dir=run_dir, store=Path(cfg.data.store),
-                      device=None if resume else args.device, autoencoder_run=ae, resume=resume)
-    trainer.train(progress=not args.quiet)
+    with stage(f"train {kind}"):
+        trainer = Trainer(kind="autoencoder" if kind == "decoder" else kind, cfg=cfg, run_dir=run_dir, resume=resume,
+                          store=Path(cfg.data.store), device=None if resume else args.device, autoencoder_run=ae)
+        trainer.train(progress=not args.quiet)
     print(f"{run_dir}: {kind} trained to step {trainer.step}")
+    return True

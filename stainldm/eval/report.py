@@ -60,8 +60,8 @@ def method_info(name: str, kind: str, folder: Path | None, settings: dict, notes
     """
     info = {"name": name, "kind": kind, "folder": str(folder) if folder else None, "notes": list(notes),
             "seconds_total": seconds}
-    sampling = ("sampler", "steps", "guidance", "samples") if kind == "ldm" else ()  # a U-Net does not sample
-    for k in ("checkpoint", "checkpoint_sha256", *sampling, "seed", "version", "mpp"):
+    sampling = ("autoencoder_sha256", "sampler", "steps", "guidance", "eta", "samples") if kind == "ldm" else ()
+    for k in ("checkpoint", "checkpoint_sha256", *sampling, "seed", "version", "mpp"):  # a U-Net does not sample
         if k in settings:
             info[k] = settings[k]
     if settings.get("stain_config"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import json
 import logging
 import os
 import time
@@ -178,9 +179,14 @@ class SlideOutcome:
 
 def stain_provenance(model: StainModel, cfg: StainConfig) -> dict[str, Any]:
     """What every output of a batch records beside the slide's own provenance: the checkpoint's
-    SHA-256 and the sampling arguments."""
-    return {"checkpoint_sha256": sha256_file(model.path / "model.safetensors"), "sampler": cfg.sampler,
-            "steps": cfg.steps, "guidance": cfg.guidance, "seed": cfg.seed, "samples": cfg.samples}
+    SHA-256 (and, for an ldm, its autoencoder's: a fine-tuned decoder changes the output without
+    touching ``model.safetensors``) and the sampling arguments. A finished slide whose recorded
+    values differ is stained again on a rerun."""
+    found = {"checkpoint_sha256": sha256_file(model.path / "model.safetensors")}
+    if model.kind == "ldm":
+        found["autoencoder_sha256"] = sha256_file(model.path / "autoencoder.safetensors")
+    return {**found, "sampler": cfg.sampler, "steps": cfg.steps, "guidance": cfg.guidance, "eta": cfg.eta,
+            "seed": cfg.seed, "samples": cfg.samples}
 
 
 def stain_slides(slides: Sequence[str | Path], model: StainModel, out: str | Path, cfg: StainConfig, *,
@@ -191,9 +197,11 @@ def stain_slides(slides: Sequence[str | Path], model: StainModel, out: str | Pat
     The arguments are checked when this is called (before any slide is read); the slides are
     stained as the returned iterator is consumed, one outcome per slide, in order. A slide the
     manifest records as done whose TIFF exists is not stained again: it comes back done, with
-    ``resumed`` set. A slide that raises a :class:`~stainldm.errors.StainLDMError` is recorded
-    (``no-tissue`` for a :class:`~stainldm.errors.NoTissueError`, else ``failed``) and the batch
-    goes on; other exceptions propagate.
+    ``resumed`` set — unless its provenance JSON records another checkpoint or other sampling
+    arguments (:func:`stain_provenance`), or none: then it is stained again. A slide that raises a
+    :class:`~stainldm.errors.StainLDMError` is recorded (``no-tissue`` for a
+    :class:`~stainldm.errors.NoTissueError`, else ``failed``) and the batch goes on; other
+    exceptions propagate.
 
     Args:
         slides: slide paths (see :func:`expand_inputs` and :func:`shard`).
@@ -234,9 +242,12 @@ def _stain_each(slides: list[Path], model: StainModel, out: Path, cfg: StainConf
         target = out / f"{output_name(slide_path)}.tiff"
         row = done.get(str(slide_path))
         if row is not None and target.is_file():
-            log.info("%s: done, skipping", slide_path.name)
-            yield SlideOutcome(slide_path, "done", target, _seconds(row), "", resumed=True)
-            continue
+            if not (changed := _changed(target, provenance)):
+                log.info("%s: done, skipping", slide_path.name)
+                yield SlideOutcome(slide_path, "done", target, _seconds(row), "", resumed=True)
+                continue
+            log.warning("%s: %s was made with another checkpoint or sampling (%s differ); staining it again",
+                        slide_path.name, target.name, ", ".join(changed))
         bar = progress(slide_path) if progress is not None else None
         try:
             outcome = _stain_one(slide_path, model, target, cfg, manifest, mpp=mpp, bar=bar,
@@ -245,6 +256,16 @@ def _stain_each(slides: list[Path], model: StainModel, out: Path, cfg: StainConf
             if bar is not None:
                 bar.close()
         yield outcome
+
+
+def _changed(target: Path, provenance: dict[str, Any]) -> list[str]:
+    """The keys of ``provenance`` whose value ``target``'s provenance JSON does not record (all of
+    them when it is missing or unreadable)."""
+    try:
+        recorded = json.loads(target.with_name(f"{target.stem}.json").read_text())
+    except (OSError, ValueError):
+        return list(provenance)
+    return [k for k, v in provenance.items() if not isinstance(recorded, dict) or recorded.get(k) != v]
 
 
 def _stain_one(slide_path: Path, model: StainModel, target: Path, cfg: StainConfig, manifest: Manifest, *,

@@ -163,6 +163,15 @@ def test_stain_slides_yields_every_slide_records_it_and_resumes(baseline, stain_
                                     resumed=True)
     assert again[1].status == "no-tissue" and [b.slide for b in bars] == [empty]
     assert (out / "good.tiff").stat().st_mtime_ns == mtime
+    # Other sampling arguments, or no provenance JSON: the output is stale, and it is stained again.
+    for cfg, drop in ((StainConfig(seed=1), False), (StainConfig(seed=1), True)):
+        if drop:
+            (out / "good.json").unlink()
+        redo = next(batch.stain_slides([good], baseline, out, cfg))
+        assert (redo.status, redo.resumed) == ("done", False)
+        assert (out / "good.tiff").stat().st_mtime_ns != mtime and json.loads((out / "good.json").read_text())["seed"] == 1
+        mtime = (out / "good.tiff").stat().st_mtime_ns
+    assert next(batch.stain_slides([good], baseline, out, StainConfig(seed=1))).resumed
 
 
 def test_stain_slides_raises_a_slide_error_when_asked(baseline, tmp_path):
@@ -190,4 +199,9 @@ def test_stain_provenance_is_the_checkpoint_hash_and_the_sampling_arguments(base
     cfg = StainConfig(steps=4, sampler="ddim", guidance=2.0, seed=7, samples=3)
     digest = hashlib.sha256((stain_runs["baseline"] / "model.safetensors").read_bytes()).hexdigest()
     assert stain_provenance(baseline, cfg) == {"checkpoint_sha256": digest, "sampler": "ddim", "steps": 4,
-                                               "guidance": 2.0, "seed": 7, "samples": 3}
+                                               "guidance": 2.0, "eta": 0.0, "seed": 7, "samples": 3}
+    # an ldm's output depends on its autoencoder too: a fine-tuned decoder changes it alone
+    ldm = StainModel.load(stain_runs["ldm"])
+    prov = stain_provenance(ldm, cfg)
+    assert prov["autoencoder_sha256"] == hashlib.sha256((stain_runs["ldm"] / "autoencoder.safetensors").read_bytes()
+                                                        ).hexdigest() != prov["checkpoint_sha256"]
