@@ -7,8 +7,9 @@ does each one keep, and what does it cost to train?
 
 ``--init CKPT`` compares decoder-only fine-tunings of a trained autoencoder instead (its encoder
 frozen, so an ldm trained on it stays valid: ``autoencoder.train_encoder: false``): L1 only, + the
-frequency term, + the adversarial term, both; the anchor is ``CKPT``'s own decoder, untrained
-further. Output: ``bench-out/autoencoder-decoder.json``.
+frequency term, + the adversarial term, both, and the frequency term with a deeper decoder (2
+residual blocks a level, the added ones starting as identities: ``autoencoder.decoder_res_blocks``);
+the anchor is ``CKPT``'s own decoder, untrained further. Output: ``bench-out/autoencoder-decoder.json``.
 
 Each variant is configs/demo.yaml's ``train:`` section with a few ``--set`` overrides, trained for
 ``--steps`` by a :class:`stainldm.train.loop.Trainer` (kind ``autoencoder``, the demo's batch of 8
@@ -86,6 +87,7 @@ DECODER_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "dec-adversarial": ("decoder", ("autoencoder.adversarial_weight=0.1", "autoencoder.adversarial_start=0")),
     "dec-combo": ("decoder", ("autoencoder.frequency_weight={frequency_weight}", "autoencoder.adversarial_weight=0.1",
                               "autoencoder.adversarial_start=0")),
+    "dec-deeper": ("decoder", ("autoencoder.frequency_weight={frequency_weight}", "autoencoder.decoder_res_blocks=2")),
 }
 DECODER_FIXED = ("autoencoder.init={init}", "autoencoder.train_encoder=false", "optim.lr={decoder_lr}",
                  "optim.warmup_steps=0")

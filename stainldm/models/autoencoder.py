@@ -11,12 +11,17 @@ adversarial term (MONAI ``PatchDiscriminator``, least squares, switched on after
 :func:`log_amplitude_l1`: a decoder that smears nuclei and fibres loses high-frequency amplitude,
 which a pixel L1 barely notices) and a perceptual term (MONAI ``PerceptualLoss``) only when its
 weights are a local file — nothing is downloaded.
+
+The decoder may be deeper than the encoder (``decoder_res_blocks``): the decoder draws the detail,
+and a trained one can be deepened and fine-tuned alone without touching the latent space that
+an ldm was trained on (:func:`load_deepened`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,6 +36,11 @@ class AutoencoderConfig:
     Attributes:
         channels: feature channels per resolution level; ``len - 1`` downsamplings.
         num_res_blocks: residual blocks per level.
+        decoder_res_blocks: residual blocks per level of the decoder alone (None: ``num_res_blocks``).
+            More than ``init`` has deepens a trained decoder: the blocks it lacks are added at the
+            end of each level as identities (their last convolution zeroed), so fine-tuning starts
+            from exactly ``init``'s reconstructions, and the encoder, hence the latent space, is
+            unchanged (:func:`load_deepened`).
         latent_channels: channels of the latent.
         attention: non-local attention in the bottleneck of encoder and decoder.
         norm_num_groups: GroupNorm groups (must divide every entry of ``channels``).
@@ -53,6 +63,7 @@ class AutoencoderConfig:
 
     channels: tuple[int, ...] = (32, 64, 64)
     num_res_blocks: int = 1
+    decoder_res_blocks: int | None = None
     latent_channels: int = 4
     attention: bool = False
     norm_num_groups: int = 16
@@ -67,14 +78,27 @@ class AutoencoderConfig:
 
 
 #: the keys of :class:`AutoencoderConfig` that shape the weights (the rest are the loss's and training's)
-ARCHITECTURE_KEYS = ("channels", "num_res_blocks", "latent_channels", "attention", "norm_num_groups")
+ARCHITECTURE_KEYS = ("channels", "num_res_blocks", "decoder_res_blocks", "latent_channels", "attention",
+                     "norm_num_groups")
+#: the :data:`ARCHITECTURE_KEYS` that shape the decoder alone
+DECODER_KEYS = ("decoder_res_blocks",)
 #: the modules a decoder-only fine-tuning leaves as they are: they make the latent
 ENCODER_PARTS = ("encoder", "quant_conv_mu", "quant_conv_log_sigma")
 
 
-def architecture_diff(a: AutoencoderConfig, b: AutoencoderConfig) -> list[str]:
-    """The :data:`ARCHITECTURE_KEYS` in which ``a`` and ``b`` differ (empty: their weights fit each other)."""
-    return [k for k in ARCHITECTURE_KEYS if getattr(a, k) != getattr(b, k)]
+def decoder_blocks(cfg: AutoencoderConfig) -> int:
+    """Residual blocks per level of the decoder."""
+    return cfg.num_res_blocks if cfg.decoder_res_blocks is None else cfg.decoder_res_blocks
+
+
+def architecture_diff(a: AutoencoderConfig, b: AutoencoderConfig, *, encoder_only: bool = False) -> list[str]:
+    """The :data:`ARCHITECTURE_KEYS` in which ``a`` and ``b`` differ (empty: their weights fit each other);
+    ``encoder_only``: those that shape the encoder and the latent (empty: they encode alike)."""
+    def value(cfg: AutoencoderConfig, key: str) -> Any:
+        return decoder_blocks(cfg) if key == "decoder_res_blocks" else getattr(cfg, key)
+
+    keys = [k for k in ARCHITECTURE_KEYS if not (encoder_only and k in DECODER_KEYS)]
+    return [k for k in keys if value(a, k) != value(b, k)]
 
 
 def downsampling(cfg: AutoencoderConfig) -> int:
@@ -89,6 +113,9 @@ def check_autoencoder_config(cfg: AutoencoderConfig, *, where: str = "autoencode
     if bad:
         raise ConfigError(f"{where}.norm_num_groups ({cfg.norm_num_groups}) must divide every entry of "
                           f"{where}.channels {list(cfg.channels)}")
+    if cfg.num_res_blocks < 1 or decoder_blocks(cfg) < 1:
+        raise ConfigError(f"{where}.num_res_blocks and {where}.decoder_res_blocks must be 1 or more, got "
+                          f"{cfg.num_res_blocks} and {cfg.decoder_res_blocks}")
     if cfg.frequency_weight < 0:
         raise ConfigError(f"{where}.frequency_weight ({cfg.frequency_weight}) must be 0 (off) or more")
     if not cfg.train_encoder and not cfg.init:
@@ -105,13 +132,55 @@ def build_autoencoder(cfg: AutoencoderConfig) -> nn.Module:
 
     check_autoencoder_config(cfg)
     n = len(cfg.channels)
-    return AutoencoderKL(
-        spatial_dims=2, in_channels=3, out_channels=3, channels=tuple(cfg.channels),
-        num_res_blocks=(cfg.num_res_blocks,) * n, attention_levels=(False,) * n,
-        latent_channels=cfg.latent_channels, norm_num_groups=cfg.norm_num_groups,
-        with_encoder_nonlocal_attn=cfg.attention, with_decoder_nonlocal_attn=cfg.attention,
-        use_flash_attention=True,  # SDPA: same function, memory linear in the tokens (models/_runtime.py)
-    )
+
+    def build(blocks: int) -> nn.Module:
+        return AutoencoderKL(
+            spatial_dims=2, in_channels=3, out_channels=3, channels=tuple(cfg.channels),
+            num_res_blocks=(blocks,) * n, attention_levels=(False,) * n,
+            latent_channels=cfg.latent_channels, norm_num_groups=cfg.norm_num_groups,
+            with_encoder_nonlocal_attn=cfg.attention, with_decoder_nonlocal_attn=cfg.attention,
+            use_flash_attention=True,  # SDPA: same function, memory linear in the tokens (models/_runtime.py)
+        )
+
+    ae = build(cfg.num_res_blocks)
+    if decoder_blocks(cfg) != cfg.num_res_blocks:  # MONAI sets one count for both: the decoder of another
+        ae.decoder = build(decoder_blocks(cfg)).decoder
+    return ae
+
+
+def load_deepened(ae: nn.Module, init: nn.Module) -> None:
+    """Loads the trained autoencoder ``init`` into ``ae``, whose decoder has as many residual blocks
+    per level as ``init``'s or more (:attr:`AutoencoderConfig.decoder_res_blocks`); everything else
+    is the same architecture. Each block ``ae`` shares with ``init`` takes its weights, in order; each
+    residual block it adds (at the end of a level) becomes an identity, its last convolution zeroed,
+    so ``ae`` reconstructs exactly as ``init`` does until it is trained.
+
+    Raises:
+        ValueError: ``ae``'s decoder is not ``init``'s with residual blocks added.
+    """
+    from monai.networks.nets.autoencoderkl import AEKLResBlock
+
+    ours, theirs = ae.decoder.blocks, init.decoder.blocks
+    j = 0
+    for block in ours:
+        if j < len(theirs) and type(theirs[j]) is type(block) and _same_shapes(theirs[j], block):
+            block.load_state_dict(theirs[j].state_dict())
+            j += 1
+        elif isinstance(block, AEKLResBlock) and isinstance(block.nin_shortcut, nn.Identity):
+            nn.init.zeros_(block.conv2.conv.weight)
+            nn.init.zeros_(block.conv2.conv.bias)
+        else:
+            raise ValueError(f"decoder block {type(block).__name__} has no counterpart in the trained decoder")
+    if j != len(theirs):
+        raise ValueError(f"{len(theirs) - j} blocks of the trained decoder have no counterpart")
+    for name, module in ae.named_children():
+        if name != "decoder":
+            module.load_state_dict(getattr(init, name).state_dict())
+
+
+def _same_shapes(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape for k in sa)
 
 
 def encode_mean(ae: nn.Module, x: torch.Tensor) -> torch.Tensor:

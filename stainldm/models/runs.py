@@ -327,7 +327,7 @@ def _same_encoder(run: Path, carried: dict[str, torch.Tensor] | None, carried_me
     encoder = [k for k in (carried or {}) if k.split(".")[0] in ENCODER_PARTS]
     configs = (model_config("autoencoder", meta["config"]), model_config("autoencoder", carried_meta["config"]))
     same = (carried is not None and all(k in new and torch.equal(new[k], carried[k]) for k in encoder)
-            and not architecture_diff(*configs)
+            and not architecture_diff(*configs, encoder_only=True)
             and float(meta["latent_scale"]) == float(carried_meta["latent_scale"]))
     if not same:
         raise CheckpointError(f"{autoencoder}: its encoder or latent scale differs from the autoencoder {run} carries; "

@@ -26,8 +26,11 @@ from stainldm.models.autoencoder import (
     ENCODER_PARTS,
     AutoencoderLoss,
     architecture_diff,
+    build_autoencoder,
+    decoder_blocks,
     downsampling,
     encode_mean,
+    load_deepened,
 )
 from stainldm.models.runs import (
     autoencoder_in,
@@ -127,11 +130,21 @@ class AutoencoderKind(TrainKind):
         ae = self.cfg.autoencoder
         if ae.init:
             self.init_meta, weights = autoencoder_in(ae.init)
-            differ = architecture_diff(ae, model_config("autoencoder", self.init_meta["config"]))
+            init = model_config("autoencoder", self.init_meta["config"])
+            differ = architecture_diff(ae, init, encoder_only=True)
             if differ:
                 raise CheckpointError(f"{ae.init}: its autoencoder differs in {', '.join(differ)} from "
                                       f"train.autoencoder; set those keys as `autoencoder.init` has them")
-            load_weights(model, weights)
+            if decoder_blocks(ae) < decoder_blocks(init):
+                raise CheckpointError(f"{ae.init}: its decoder has {decoder_blocks(init)} residual blocks per level, "
+                                      f"train.autoencoder {decoder_blocks(ae)}; autoencoder.decoder_res_blocks can add "
+                                      "blocks to a trained decoder, not remove them")
+            if decoder_blocks(ae) == decoder_blocks(init):
+                load_weights(model, weights)
+            else:  # a deeper decoder, starting as init's
+                trained = build_autoencoder(init)
+                load_weights(trained, weights)
+                load_deepened(model, trained)
         if not ae.train_encoder:
             for part in ENCODER_PARTS:
                 getattr(model, part).requires_grad_(False)

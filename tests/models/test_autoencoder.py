@@ -12,10 +12,12 @@ from stainldm.errors import ConfigError
 from stainldm.models.autoencoder import (
     AutoencoderConfig,
     AutoencoderLoss,
+    architecture_diff,
     build_autoencoder,
     check_autoencoder_config,
     downsampling,
     kl_divergence,
+    load_deepened,
     log_amplitude_l1,
 )
 
@@ -168,3 +170,46 @@ def test_generator_loss_adds_the_weighted_frequency_term(he_image):
 def test_a_negative_frequency_weight_is_a_config_error():
     with pytest.raises(ConfigError, match=r"^autoencoder\.frequency_weight \(-0\.1\) must be 0 \(off\) or more"):
         build_autoencoder(AutoencoderConfig(frequency_weight=-0.1))
+
+
+def _randomised(cfg: AutoencoderConfig, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    ae = build_autoencoder(cfg).eval()
+    with torch.no_grad():  # no zero-initialised layer left that would hide a wrong copy
+        for p in ae.parameters():
+            p.normal_(0, 0.05)
+    return ae
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_a_deepened_decoder_starts_as_the_trained_one_with_the_same_encoder(attention):
+    small = AutoencoderConfig(channels=(8, 16), norm_num_groups=8, attention=attention)
+    deep = AutoencoderConfig(channels=(8, 16), norm_num_groups=8, attention=attention, decoder_res_blocks=3)
+    trained, ae = _randomised(small, 0), _randomised(deep, 1)
+    assert sum(p.numel() for p in ae.decoder.parameters()) > sum(p.numel() for p in trained.decoder.parameters())
+    assert [n for n, _ in ae.encoder.named_parameters()] == [n for n, _ in trained.encoder.named_parameters()]
+    assert architecture_diff(small, deep) == ["decoder_res_blocks"]
+    assert architecture_diff(small, deep, encoder_only=True) == []
+    load_deepened(ae, trained)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(ae.encode(x)[0], trained.encode(x)[0])
+        assert torch.allclose(ae.reconstruct(x), trained.reconstruct(x), atol=1e-6)
+        # the added blocks (the only zeroed ones) are real layers: training them changes the output
+        added = [b for b in ae.decoder.blocks if hasattr(b, "conv2") and not b.conv2.conv.weight.any()]
+        assert len(added) == 2 * len(small.channels)  # 2 more per level
+        added[-1].conv2.conv.weight.normal_(0, 0.05)
+        assert not torch.allclose(ae.reconstruct(x), trained.reconstruct(x), atol=1e-3)
+
+
+def test_a_decoder_of_another_shape_cannot_be_deepened():
+    trained = _randomised(AutoencoderConfig(channels=(8, 16), norm_num_groups=8), 0)
+    other = _randomised(AutoencoderConfig(channels=(8, 24), norm_num_groups=8, decoder_res_blocks=2), 1)
+    with pytest.raises(ValueError, match=r"has no counterpart in the trained decoder"):
+        load_deepened(other, trained)
+
+
+@pytest.mark.parametrize("key", ["num_res_blocks", "decoder_res_blocks"])
+def test_fewer_than_one_residual_block_is_a_config_error(key):
+    with pytest.raises(ConfigError, match=r"^autoencoder\.num_res_blocks and autoencoder\.decoder_res_blocks must be 1"):
+        build_autoencoder(AutoencoderConfig(**{key: 0}))

@@ -106,3 +106,31 @@ def test_init_of_another_architecture_or_kind_is_refused(finetuned, train_store,
     with pytest.raises(CheckpointError, match=r"gone/model\.safetensors: weights file not found"):
         Trainer(kind="autoencoder", cfg=train_config(f"autoencoder.init={missing}"), run_dir=tmp_path / "c",
                 store=train_store, device="cpu")
+
+
+def test_a_deeper_decoder_starts_from_the_trained_one_and_can_replace_the_ldms(finetuned, train_store, train_config,
+                                                                                train_ae_run, tmp_path):
+    cfg = train_config("steps=2", "checkpoint_every=2", "val_every=2", "optim.warmup_steps=0",
+                       f"autoencoder.init={train_ae_run}", "autoencoder.train_encoder=false",
+                       "autoencoder.decoder_res_blocks=2", "autoencoder.frequency_weight=1.0")
+    trainer = Trainer(kind="autoencoder", cfg=cfg, run_dir=tmp_path / "deep", store=train_store, device="cpu")
+    trained = runs.load_autoencoder(train_ae_run)[0]
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(trainer.model.eval().reconstruct(x), trained.reconstruct(x), atol=1e-6)
+    assert sum(p.numel() for p in trainer.model.decoder.parameters()) > sum(
+        p.numel() for p in trained.decoder.parameters())
+    trainer.model.train()
+    trainer.train()
+    runs.export_run(finetuned["ldm"], tmp_path / "shipped", autoencoder=tmp_path / "deep")
+    run = runs.load_run(tmp_path / "shipped")  # builds the deeper decoder from the model.json it carries
+    deep = runs.load_autoencoder(tmp_path / "deep")[0].half().float()
+    z = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(run.autoencoder.decode(z), deep.decode(z))
+        assert not torch.allclose(deep.decode(z), trained.decode(z), atol=1e-4)
+    # a decoder cannot lose blocks it was trained with
+    less = train_config(f"autoencoder.init={tmp_path / 'deep'}", "autoencoder.train_encoder=false")
+    with pytest.raises(CheckpointError, match=r"deep: its decoder has 2 residual blocks per level, train\.autoencoder 1; "
+                                              r"autoencoder\.decoder_res_blocks can add blocks"):
+        Trainer(kind="autoencoder", cfg=less, run_dir=tmp_path / "less", store=train_store, device="cpu")
