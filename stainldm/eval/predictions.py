@@ -26,6 +26,7 @@ import numpy as np
 
 from stainldm.errors import InputError, StainLDMError, one_line
 from stainldm.eval.cores import CoreImages
+from stainldm.inference.config import read_provenance
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def read_prediction_dir(folder: Path, unstained: dict[str, Path], *, param: str 
         hint = " (it is a run folder: pass it as `baseline`, or stain with it first)" if is_run(folder) else ""
         raise InputError(f"`{param}` {folder}: no stained slides (.tiff) in it{hint}; make them with `stainldm stain`, "
                          f"its `out` folder {folder} and a trained run as its checkpoint")
-    by_tiff = {t: _read_provenance(t.with_suffix(".json")) for t in tiffs}
+    by_tiff = {t: read_provenance(t) for t in tiffs}  # unreadable: matched by name below
     slides, prov = {}, {}
     for sid, upath in unstained.items():
         want = os.path.abspath(upath)
@@ -105,17 +106,6 @@ def read_prediction_dir(folder: Path, unstained: dict[str, Path], *, param: str 
         if hit is not None:
             slides[sid], prov[sid] = hit, by_tiff[hit]
     return PredictionDir(slides, prov, next((m for m in by_tiff.values() if m), {}))
-
-
-def _read_provenance(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        meta = json.loads(path.read_text())
-    except ValueError:
-        log.warning("%s: unreadable provenance JSON, matching its slide by name", path)
-        return {}
-    return meta if isinstance(meta, dict) else {}
 
 
 def sampling(meta: dict) -> str:

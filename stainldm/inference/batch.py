@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import fcntl
-import json
 import logging
 import os
 import time
@@ -29,7 +28,7 @@ import torch
 
 from stainldm.errors import InputError, NoTissueError, StainLDMError, one_line
 from stainldm.files import atomic_write_csv, ensure_writable_folder, sha256_file
-from stainldm.inference.config import StainConfig, check_stain_config
+from stainldm.inference.config import StainConfig, check_stain_config, read_provenance
 from stainldm.inference.model import StainModel
 from stainldm.inference.stain import stain_slide
 from stainldm.shards import parse_shard, shard_items
@@ -261,11 +260,8 @@ def _stain_each(slides: list[Path], model: StainModel, out: Path, cfg: StainConf
 def _changed(target: Path, provenance: dict[str, Any]) -> list[str]:
     """The keys of ``provenance`` whose value ``target``'s provenance JSON does not record (all of
     them when it is missing or unreadable)."""
-    try:
-        recorded = json.loads(target.with_name(f"{target.stem}.json").read_text())
-    except (OSError, ValueError):
-        return list(provenance)
-    return [k for k, v in provenance.items() if not isinstance(recorded, dict) or recorded.get(k) != v]
+    recorded = read_provenance(target)
+    return [k for k, v in provenance.items() if recorded.get(k) != v]
 
 
 def _stain_one(slide_path: Path, model: StainModel, target: Path, cfg: StainConfig, manifest: Manifest, *,

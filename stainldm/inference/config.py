@@ -2,13 +2,36 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from stainldm.errors import InputError
 from stainldm.wsi.channels import parse_channels
 from stainldm.wsi.tissue import TissueConfig
 
 CANVAS_BLEND_PX = 64  # sub-canvases of a large region overlap and cross-fade over this many output px
+log = logging.getLogger(__name__)
+
+
+def provenance_path(tiff: Path) -> Path:
+    """The ``<slide>.json`` beside a stained ``<slide>.tiff``: what made it (input, checkpoint, sampling)."""
+    return tiff.with_name(f"{tiff.stem}.json")
+
+
+def read_provenance(tiff: Path) -> dict:
+    """``tiff``'s provenance (:func:`provenance_path`); empty when it is missing, unreadable (logged)
+    or not a JSON object."""
+    path = provenance_path(tiff)
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        log.warning("%s: unreadable provenance JSON, taken as none", path)
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 @dataclass(frozen=True)

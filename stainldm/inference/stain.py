@@ -32,7 +32,7 @@ import stainldm
 from stainldm.device import describe
 from stainldm.errors import InputError, NoTissueError
 from stainldm.files import atomic_write_png, atomic_write_text
-from stainldm.inference.config import CANVAS_BLEND_PX, StainConfig, check_stain_config
+from stainldm.inference.config import CANVAS_BLEND_PX, StainConfig, check_stain_config, provenance_path
 from stainldm.inference.model import SKIP_MARGIN_PX, StainModel
 from stainldm.seeds import Stream, derive_seed
 from stainldm.wsi.reader import SlideReader
@@ -250,7 +250,7 @@ def stain_slide(slide: SlideReader, model: StainModel, out: Path, cfg: StainConf
     with open_slide(out) as written:
         atomic_write_png(thumb, written.thumbnail(1024))
     seconds = time.perf_counter() - t0
-    prov = out.with_name(f"{out.stem}.json")
+    prov = provenance_path(out)
     record = {"software": "stainldm", "version": stainldm.__version__, "input": str(slide.path),
               "output": out.name, "uncertainty": unc.name if unc else None, "mpp": out_mpp,
               "size_wh": [out_w, out_h], "regions": len(regions), "tissue_fraction": round(frac, 4),
