@@ -236,6 +236,8 @@ class Trainer:
         from tqdm import tqdm
 
         cfg = self.cfg
+        if self.is_main:  # a full disk stops the run now, not at its first checkpoint hours later
+            ckpt.require_free_space(self.run_dir, self.checkpoint_bytes(), "a checkpoint (model.safetensors, state.pt)")
         # Workers fork when the iterator is created: before wandb starts its service threads, which
         # a forked child must not touch (wandb raises ForkedError from its import hooks).
         it = iter(self._loader())
@@ -341,10 +343,28 @@ class Trainer:
             torch.distributed.barrier()
         if not self.is_main:
             return
+        ckpt.require_free_space(self.run_dir, self.checkpoint_bytes(), f"the step-{self.step} checkpoint")
+        state = self._state()
         meta = self.model_meta()
         save_weights(self.ema, self.run_dir / "model.safetensors")
         self.task.save_extra(self.run_dir)
         write_model_json(self.run_dir / "model.json", meta)
+        ckpt.save_state(self.run_dir / "state.pt", state)
+
+    def checkpoint_bytes(self) -> int:
+        """What one checkpoint writes (model.safetensors and state.pt), from the parameters, so it is
+        known before the first step: AdamW keeps two fp32 moments per trained parameter."""
+        def moments(optimizer: torch.optim.Optimizer) -> int:
+            return sum(2 * 4 * p.numel() for group in optimizer.param_groups for p in group["params"])
+
+        size = ckpt.tensor_bytes(self.model.state_dict()) + 2 * ckpt.tensor_bytes(self.ema.state_dict())
+        size += moments(self.optimizer)
+        if self.d_optimizer is not None:
+            size += ckpt.tensor_bytes(self.d_step.discriminator.state_dict()) + moments(self.d_optimizer)
+        return size
+
+    def _state(self) -> dict:
+        """What resume needs: model, EMA, optimiser(s), scheduler, step, loss scale(s)."""
         state = {"step": self.step, "model": self.model.state_dict(), "ema": self.ema.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "meta": {"kind": self.kind, "in_channels": self.in_channels,
@@ -356,7 +376,7 @@ class Trainer:
             state["scaler"] = self.scaler.state_dict()
             if self.d_optimizer is not None:
                 state["d_scaler"] = self.d_scaler.state_dict()
-        ckpt.save_state(self.run_dir / "state.pt", state)
+        return state
 
     # -- validation -----------------------------------------------------------------------------
     @torch.no_grad()

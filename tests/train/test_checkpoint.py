@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 
-from stainldm.errors import CheckpointError
+from stainldm.errors import CheckpointError, RunError
 from stainldm.models.baseline import BaselineConfig, BaselineUNet
 from stainldm.train import checkpoint as ckpt
 
@@ -49,3 +54,43 @@ def test_a_state_file_with_pickled_objects_is_refused(tmp_path):
 def test_a_missing_state_file_says_to_start_without_resume(tmp_path):
     with pytest.raises(CheckpointError, match=r"state\.pt missing.*without `resume`"):
         ckpt.load_state(tmp_path / "state.pt")
+
+
+# -- a full disk ---------------------------------------------------------------------------------
+def test_a_checkpoint_larger_than_the_free_space_is_refused_naming_the_folder(tmp_path):
+    free = shutil.disk_usage(tmp_path).free
+    ckpt.require_free_space(tmp_path, free // 2, "the step-5 checkpoint")  # fits: no error
+    with pytest.raises(RunError, match=rf"^{tmp_path}: the step-5 checkpoint needs [\d.]+ GB but only [\d.]+ GB is free "
+                                       r"there; free space there and start the run again"):
+        ckpt.require_free_space(tmp_path, free + 10**12, "the step-5 checkpoint")
+    ckpt.save_state(tmp_path / "state.pt", {"step": 4})
+    with pytest.raises(RunError, match=rf"continue with `--resume {tmp_path}` \(its last checkpoint is intact\)$"):
+        ckpt.require_free_space(tmp_path, free + 10**12, "the step-5 checkpoint")
+
+
+def test_a_state_write_that_fails_midway_is_one_line_and_keeps_the_previous_state(tmp_path):
+    """The file system refuses the write part-way (a 1 MiB file-size limit stands in for a full
+    disk: the same short write, made by the kernel), as torch's zip writer meets it."""
+    script = textwrap.dedent("""
+        import resource, signal, sys
+        from pathlib import Path
+        import torch
+        from stainldm.errors import RunError
+        from stainldm.train import checkpoint as ckpt
+        path = Path(sys.argv[1])
+        ckpt.save_state(path, {"step": 1, "w": torch.zeros(1000)})
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, 2**20))
+        try:
+            ckpt.save_state(path, {"step": 2, "w": torch.zeros(2**20)})
+        except RunError as exc:
+            print(exc)
+    """)
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "state.pt")], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert out.count("\n") == 1, out
+    assert out.startswith(f"{tmp_path / 'state.pt'}: writing the training state (4.0 MiB) failed "
+                          "(the file system took only part of it: disk full or a file-size limit; ")
+    assert out.rstrip().endswith(f"continue with `--resume {tmp_path}` (its last checkpoint is intact)"), out
+    assert ckpt.load_state(tmp_path / "state.pt")["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]  # no partial file left behind
