@@ -4,6 +4,7 @@ does each one keep, and what does it cost to train?
     .venv/bin/python benchmarks/autoencoder.py [--store STORE] [--steps 2000] [--device cuda]
                                                [--variants demo latent8 ...] [--dry-run]
     .venv/bin/python benchmarks/autoencoder.py --init data/checkpoints/ldm [--steps 200]   # decoders only
+    .venv/bin/python benchmarks/autoencoder.py --init F2_RUN --set "autoencoder.channels=[32,64]"  # an f = 2 one's
 
 ``--init CKPT`` compares decoder-only fine-tunings of a trained autoencoder instead (its encoder
 frozen, so an ldm trained on it stays valid: ``autoencoder.train_encoder: false``): L1 only, + the
@@ -115,6 +116,9 @@ def parse_args() -> argparse.Namespace:
                         "or an ldm checkpoint, e.g. data/checkpoints/ldm): variants " + ", ".join(DECODER_VARIANTS))
     p.add_argument("--decoder-lr", type=float, default=1e-4,
                    help="peak learning rate of the decoder fine-tunings (default 1e-4, no warm-up)")
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="train-section overrides for every variant, the anchor's included (a variant's own keys win), "
+                        "e.g. autoencoder.channels=[32,64] for the decoders of an f = 2 --init")
     p.add_argument("--dry-run", action="store_true",
                    help="3 steps per variant on the CPU, 8 test tiles: checks the script")
     return p.parse_args()
@@ -209,7 +213,7 @@ def make_trainer(overrides: list[str], *, steps: int, store: Path, run_dir: Path
     from stainldm.train.loop import Trainer
 
     fixed = [f"steps={steps}", "wandb=disabled", f"data.workers={args.workers}"]
-    cfg = load_train_config(DEMO_CONFIG, [*fixed, *overrides])
+    cfg = load_train_config(DEMO_CONFIG, [*fixed, *args.overrides, *overrides])
     return Trainer(kind="autoencoder", cfg=cfg, run_dir=run_dir, store=store,
                    device=None if args.device == "auto" else args.device)
 
@@ -374,7 +378,7 @@ def main() -> None:
     device = results[ANCHOR]["device"]
     gpu = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None
     path = write_json(BENCH_OUT / "autoencoder.json", {
-        "machine": machine_info(), "torch": torch.__version__, "gpu": gpu, "store": str(store),
+        "machine": machine_info(), "torch": torch.__version__, "gpu": gpu, "store": str(store), "set": args.overrides,
         "test_tiles": len(real), "mpp": mpp, "steps": args.steps, "dry_run": args.dry_run,
         "goal": {"psnr_db": GOAL_PSNR_DB, "sharpness": GOAL_SHARPNESS, "noisier_above": NOISIER_ABOVE},
         "anchor": ANCHOR, "combo": parts.get(COMBO), "results": results,
@@ -414,6 +418,7 @@ def main_decoder(args: argparse.Namespace, fmt: dict[str, Any]) -> None:
     report(results, {}, anchor=DECODER_ANCHOR)
     path = write_json(BENCH_OUT / "autoencoder-decoder.json", {
         "machine": machine_info(), "torch": torch.__version__, "store": str(store), "init": str(args.init),
+        "set": args.overrides,
         "test_tiles": len(real), "mpp": mpp, "steps": args.steps, "dry_run": args.dry_run,
         "goal": {"psnr_db": GOAL_PSNR_DB, "sharpness": GOAL_SHARPNESS, "noisier_above": NOISIER_ABOVE},
         "anchor": DECODER_ANCHOR, "results": results, "seconds": time.perf_counter() - t0})

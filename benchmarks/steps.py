@@ -306,7 +306,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=ROOT / "data" / "checkpoints" / "ldm", help="an ldm run folder")
     parser.add_argument("--store", type=Path, default=ROOT / "demo-out" / "store", help="its tile store")
-    parser.add_argument("--split", default="test")
+    parser.add_argument("--split", default="test", help="the store's split to stain (with --write-defaults: "
+                        "choose on val, so the evaluation's test cores stay held out)")
     parser.add_argument("--tiles", type=int, help="first N tiles of the split (default: 32 with --quick, else all)")
     parser.add_argument("--quick", action="store_true", help="the QUICK settings instead of the full grid")
     parser.add_argument("--sampler", nargs="+", default=["ddim", "dpmpp_2m"], choices=["ddim", "dpmpp_2m"])
@@ -403,7 +404,12 @@ def main() -> None:
         "recommendation": asdict(best) if best else None,
         "results": [{**asdict(s), "evals": s.evals, **r} for s, r in results.items()]})
     if args.write_defaults and best is not None:
-        note = f"benchmarks/steps.py{' --quick' if args.quick else ''}: {len(xs)} {args.split} tiles of {args.store}"
+        store = args.store.resolve()
+        store = store.relative_to(ROOT) if store.is_relative_to(ROOT) else store
+        note = f"benchmarks/steps.py{' --quick' if args.quick else ''}: {len(xs)} {args.split} tiles of {store}"
+        if args.split == "test":
+            print("warning: chosen on the test split, which the evaluation then scores: its figures are not held "
+                  "out from this choice; choose on --split val")
         write_stain_defaults(args.run, best, chosen_by=note)
         print(f"wrote the recommendation into {args.run}/model.json (stain_defaults): `stainldm stain` uses it")
 
