@@ -39,16 +39,18 @@ Recommendation. A setting is *admissible* when (1) its mean PSNR and its mean SS
 the lower bound of the anchor's 95 % bootstrap CI (percentile, 2000 resamples of the tiles,
 :func:`stainldm.eval.stats.bootstrap_ci`) — the test the issue applies to the LDM against the U-Net
 ("its PSNR/SSIM stay inside the U-Net's 95 % CI") —, (2) its mean nuclei F1 is at least the lower
-bound of the anchor's, so that a sharper look is not bought with nuclei that are not there, and (3)
+bound of the anchor's, so that a sharper look is not bought with nuclei that are not there, (3)
 none of its three mean spectrum ratios is above 1.25, the "noisier than real H&E" threshold: strong
 guidance can exaggerate contrast at the tissue scale well before nuclei are as sharp as real ones,
-and that is not realism. Among admissible settings, those whose sharpness ratio ``s`` is closest to 1
-on a log scale (``|ln s|``, so 0.8 and 1.25 are equally far) — the closest and any within 0.05 of it,
-about the half-width of the sharpness CI on 32 tiles — are equally good, and the one with the fewest
-network evaluations among them is recommended (then the one whose nuclei area W₁ is smallest, then
-the closer to 1). The last lines print it beside the model's current stain
-defaults (its model.json ``stain_defaults``, else :class:`StainConfig`'s: dpmpp_2m, 10 NFE, guidance 1,
-η 0) and the earlier goal (DPM-Solver++(2M) at 10 NFE within 1 % SSIM of the anchor).
+and that is not realism, and (4) its pooled nuclei area W₁ is at most twice the anchor's
+(:data:`AREA_W1_FACTOR`): guidance swells and merges nuclei before it costs detection F1, and
+nuclear size is what a pathologist grades. Among admissible settings, those whose sharpness ratio
+``s`` is closest to 1 on a log scale (``|ln s|``, so 0.8 and 1.25 are equally far) — the closest
+and any within 0.05 of it, about the half-width of the sharpness CI on 32 tiles — are equally
+good, and the one with the fewest network evaluations among them is recommended (then the one
+whose nuclei area W₁ is smallest, then the closer to 1). The last lines print it beside the model's
+current stain defaults (its model.json ``stain_defaults``, else :class:`StainConfig`'s: dpmpp_2m, 10
+NFE, guidance 1, η 0) and the earlier goal (DPM-Solver++(2M) at 10 NFE within 1 % SSIM of the anchor).
 ``--write-defaults`` records the recommendation as the run's ``stain_defaults``, which ``stainldm
 stain`` (and ``demo``, ``evaluate --baseline``) use where their arguments do not say. Output:
 ``bench-out/steps.json``.
@@ -98,6 +100,7 @@ SHAPES = ("area", "eccentricity")  # the pooled nuclei W₁ the table shows (of 
 NOISIER = 1.25  # a ratio above this is "noisier than real H&E" (issue 14's verdict threshold)
 FLAGS = {"steps": "--nfe", "eta": "--eta", "sampler": "--sampler", "batch_size": "--batch", "tiles": "--tiles",
          "precision": "--precision", "device": "--device"}  # library parameters -> this script's flags
+AREA_W1_FACTOR = 2.0  # an admissible setting's nuclei area W₁ is at most this times the anchor's
 SHARPNESS_TIE = 0.05  # sharpness ratios within 5 % (in |ln s|) of the best count as equally good
 
 
@@ -238,17 +241,22 @@ class Floors:
     psnr: float
     ssim: float
     nuclei_f1: float
+    area_w1: float = math.inf  # the upper bound of the pooled nuclei area W₁ (µm²)
 
 
 def floors(results: dict[Setting, dict], anchor: Setting) -> Floors:
-    """The PSNR, SSIM and nuclei F1 floors: the lower bounds of the anchor's 95 % CIs."""
+    """The PSNR, SSIM and nuclei F1 floors (the lower bounds of the anchor's 95 % CIs) and the nuclei
+    area W₁ ceiling (:data:`AREA_W1_FACTOR` times the anchor's; none when the anchor has none)."""
     a = results[anchor]["summary"]
-    return Floors(a["psnr"][1], a["ssim"][1], a["nuclei_f1"][1])
+    area = results[anchor].get("nuclei_w1", {}).get("area", math.nan)
+    return Floors(a["psnr"][1], a["ssim"][1], a["nuclei_f1"][1],
+                  AREA_W1_FACTOR * area if math.isfinite(area) else math.inf)
 
 
-def inadmissible(summary: dict, floor: Floors) -> str:
+def inadmissible(summary: dict, floor: Floors, area_w1: float = math.nan) -> str:
     """Why a setting is not admissible (see the module docstring), or ``""`` when it is. A floor
-    that is NaN (the anchor found no nuclei) is not applied."""
+    that is NaN (the anchor found no nuclei) is not applied; nor is the area ceiling to a setting
+    whose ``area_w1`` is NaN (too few nuclei to measure: its nuclei F1 speaks for it)."""
     if not summary["psnr"][0] >= floor.psnr:
         return "PSNR"
     if not summary["ssim"][0] >= floor.ssim:
@@ -260,6 +268,8 @@ def inadmissible(summary: dict, floor: Floors) -> str:
         return f"spec {over[0]} > {NOISIER:g}"
     if not summary["sharpness"][0] > 0:
         return "no sharpness"
+    if area_w1 > floor.area_w1:
+        return "nuclei area W₁"
     return ""
 
 
@@ -275,7 +285,7 @@ def recommend(results: dict[Setting, dict], anchor: Setting) -> Setting | None:
         w = results[s]["nuclei_w1"]["area"]
         return w if math.isfinite(w) else math.inf
 
-    ok = [s for s, r in results.items() if not inadmissible(r["summary"], floor)]
+    ok = [s for s, r in results.items() if not inadmissible(r["summary"], floor, r["nuclei_w1"]["area"])]
     if not ok:
         return None
     best = min(distance(s) for s in ok)
@@ -293,7 +303,7 @@ def report_rows(results: dict[Setting, dict], anchor: Setting, floor: Floors) ->
     rows = []
     for s, r in results.items():
         m = r["summary"]
-        why = inadmissible(m, floor)
+        why = inadmissible(m, floor, r["nuclei_w1"]["area"])
         rows.append([s.sampler, s.nfe, f"{s.guidance:g}", f"{s.eta:g}", s.evals, f"{m['psnr'][0]:.2f}",
                      f"{m['ssim'][0]:.4f}", f"{m['psnr'][0] - a['psnr'][0]:+.2f}", f"{m['ssim'][0] / a['ssim'][0]:.3f}",
                      f"no: {why}" if why else "yes", _ci(m["sharpness"], 2),
@@ -372,8 +382,8 @@ def main() -> None:
     a = results[ANCHOR]["summary"]
     print(f"\nanchor {ANCHOR.label()}: PSNR {_ci(a['psnr'], 2)} dB, SSIM {_ci(a['ssim'], 4)}, nuclei F1 "
           f"{_ci(a['nuclei_f1'], 3)} (mean [95% CI] over {len(xs)} tiles); admissible: mean PSNR ≥ {floor.psnr:.2f} dB, "
-          f"mean SSIM ≥ {floor.ssim:.4f}, mean nuclei F1 ≥ {floor.nuclei_f1:.3f} and no spectrum band ratio "
-          f"above {NOISIER:g}")
+          f"mean SSIM ≥ {floor.ssim:.4f}, mean nuclei F1 ≥ {floor.nuclei_f1:.3f}, no spectrum band ratio "
+          f"above {NOISIER:g} and nuclei area W₁ ≤ {floor.area_w1:.3g} µm²")
     fast = results.get(Setting("dpmpp_2m", 10, 1.0, 0.0))
     if fast:
         rel = fast["summary"]["ssim"][0] / a["ssim"][0] - 1
@@ -400,7 +410,7 @@ def main() -> None:
         "machine": machine_info(), "run": str(args.run), "store": str(args.store), "split": args.split,
         "tile_indices": idx, "device": str(model.device), "anchor": asdict(ANCHOR), "default": asdict(current),
         "admissible": {"psnr_min": floor.psnr, "ssim_min": floor.ssim, "nuclei_f1_min": floor.nuclei_f1,
-                       "spectrum_max": NOISIER},
+                       "spectrum_max": NOISIER, "nuclei_area_w1_max": floor.area_w1},
         "recommendation": asdict(best) if best else None,
         "results": [{**asdict(s), "evals": s.evals, **r} for s, r in results.items()]})
     if args.write_defaults and best is not None:
