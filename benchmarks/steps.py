@@ -248,15 +248,17 @@ def floors(results: dict[Setting, dict], anchor: Setting) -> Floors:
     """The PSNR, SSIM and nuclei F1 floors (the lower bounds of the anchor's 95 % CIs) and the nuclei
     area W₁ ceiling (:data:`AREA_W1_FACTOR` times the anchor's; none when the anchor has none)."""
     a = results[anchor]["summary"]
-    area = results[anchor].get("nuclei_w1", {}).get("area", math.nan)
+    area = results[anchor]["nuclei_w1"]["area"]
     return Floors(a["psnr"][1], a["ssim"][1], a["nuclei_f1"][1],
                   AREA_W1_FACTOR * area if math.isfinite(area) else math.inf)
 
 
-def inadmissible(summary: dict, floor: Floors, area_w1: float = math.nan) -> str:
-    """Why a setting is not admissible (see the module docstring), or ``""`` when it is. A floor
-    that is NaN (the anchor found no nuclei) is not applied; nor is the area ceiling to a setting
-    whose ``area_w1`` is NaN (too few nuclei to measure: its nuclei F1 speaks for it)."""
+def inadmissible(result: dict, floor: Floors) -> str:
+    """Why a setting (its ``summary`` and pooled ``nuclei_w1``) is not admissible (see the module
+    docstring), or ``""`` when it is. A floor that is NaN (the anchor found no nuclei) is not applied;
+    nor is the area ceiling to a setting whose area W₁ is NaN (too few nuclei to measure: its nuclei
+    F1 speaks for it)."""
+    summary = result["summary"]
     if not summary["psnr"][0] >= floor.psnr:
         return "PSNR"
     if not summary["ssim"][0] >= floor.ssim:
@@ -268,7 +270,7 @@ def inadmissible(summary: dict, floor: Floors, area_w1: float = math.nan) -> str
         return f"spec {over[0]} > {NOISIER:g}"
     if not summary["sharpness"][0] > 0:
         return "no sharpness"
-    if area_w1 > floor.area_w1:
+    if result["nuclei_w1"]["area"] > floor.area_w1:
         return "nuclei area W₁"
     return ""
 
@@ -285,7 +287,7 @@ def recommend(results: dict[Setting, dict], anchor: Setting) -> Setting | None:
         w = results[s]["nuclei_w1"]["area"]
         return w if math.isfinite(w) else math.inf
 
-    ok = [s for s, r in results.items() if not inadmissible(r["summary"], floor, r["nuclei_w1"]["area"])]
+    ok = [s for s, r in results.items() if not inadmissible(r, floor)]
     if not ok:
         return None
     best = min(distance(s) for s in ok)
@@ -303,7 +305,7 @@ def report_rows(results: dict[Setting, dict], anchor: Setting, floor: Floors) ->
     rows = []
     for s, r in results.items():
         m = r["summary"]
-        why = inadmissible(m, floor, r["nuclei_w1"]["area"])
+        why = inadmissible(r, floor)
         rows.append([s.sampler, s.nfe, f"{s.guidance:g}", f"{s.eta:g}", s.evals, f"{m['psnr'][0]:.2f}",
                      f"{m['ssim'][0]:.4f}", f"{m['psnr'][0] - a['psnr'][0]:+.2f}", f"{m['ssim'][0] / a['ssim'][0]:.3f}",
                      f"no: {why}" if why else "yes", _ci(m["sharpness"], 2),

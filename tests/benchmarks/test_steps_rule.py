@@ -41,8 +41,8 @@ def test_guidance_that_swells_nuclei_is_refused_on_area_w1_and_the_faithful_sett
                swollen: _result(steps, sharpness=0.93, area=14.9, f1=0.76)}
     floor = steps.floors(results, anchor)
     assert floor.area_w1 == pytest.approx(2 * 3.8)
-    assert steps.inadmissible(results[swollen]["summary"], floor, 14.9) == "nuclei area W₁"
-    assert steps.inadmissible(results[faithful]["summary"], floor, 3.1) == ""
+    assert steps.inadmissible(results[swollen], floor) == "nuclei area W₁"
+    assert steps.inadmissible(results[faithful], floor) == ""
     assert steps.recommend(results, anchor) == faithful  # fewest evaluations among the equally sharp
 
     results[swollen] = _result(steps, sharpness=0.93, area=7.0, f1=0.76)  # under twice the anchor's: admissible
@@ -53,10 +53,10 @@ def test_the_other_gates_still_refuse_and_a_nan_area_is_not_held_against_a_setti
     anchor = steps.ANCHOR
     base = _result(steps, sharpness=0.8, area=4.0)
     floor = steps.floors({anchor: base}, anchor)
-    assert steps.inadmissible(_result(steps, sharpness=0.9, area=4.0, f1=0.5)["summary"], floor, 4.0) == "nuclei F1"
-    assert steps.inadmissible(_result(steps, sharpness=0.9, area=4.0, psnr=19.0)["summary"], floor, 4.0) == "PSNR"
-    assert steps.inadmissible(_result(steps, sharpness=0.9, area=4.0, spectrum=1.3)["summary"], floor,
-                              4.0).startswith("spec ")
-    assert steps.inadmissible(base["summary"], floor, math.nan) == ""  # too few nuclei for a W₁: F1 speaks
+    assert steps.inadmissible(_result(steps, sharpness=0.9, area=4.0, f1=0.5), floor) == "nuclei F1"
+    assert steps.inadmissible(_result(steps, sharpness=0.9, area=4.0, psnr=19.0), floor) == "PSNR"
+    assert steps.inadmissible(_result(steps, sharpness=0.9, area=4.0, spectrum=1.3), floor).startswith("spec ")
+    # too few nuclei for a W₁: F1 speaks
+    assert steps.inadmissible(_result(steps, sharpness=0.8, area=math.nan), floor) == ""
     no_nuclei = steps.floors({anchor: _result(steps, sharpness=0.8, area=math.nan)}, anchor)
     assert no_nuclei.area_w1 == math.inf  # an anchor without a W₁ sets no ceiling
